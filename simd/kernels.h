@@ -1,0 +1,97 @@
+/*
+ * kernels.h — the kernel table. Every numeric inner loop of loupe goes
+ * through one of these function pointers; simd/scalar.c holds the reference
+ * implementation of each, and each ISA file (avx2.c, avx512.c, neon.c) fills
+ * a table with its own versions where it has them and the scalar ones
+ * elsewhere. dispatch.c picks the table once at start-up.
+ *
+ * simd/ knows nothing about models: only vectors, matrices and blocks.
+ * Shapes are written (rows, cols), row-major. Matrix weights are stored
+ * (n_out, n_in): one row per output feature, as in nn.Linear.
+ */
+#ifndef LOUPE_KERNELS_H
+#define LOUPE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../quant/blocks.h"
+
+/* Element type of a matrix or a KV cache. */
+typedef enum {
+    LP_F32 = 0,
+    LP_F16 = 1,
+    LP_BF16 = 2, /* accepted as a source only; converted at load */
+    LP_Q8 = 3    /* lp_block_q8 rows; n_in must be a multiple of 32 */
+} lp_dtype;
+
+/* Arguments of one attention call: T queries at absolute positions
+ * pos0..pos0+T-1, each attending causally to keys 0..its own position.
+ * Grouped-query: query head h reads KV head h / (n_heads / n_kv_heads). */
+typedef struct {
+    int T, pos0;
+    int n_heads, n_kv_heads, head_dim;
+    float scale;          /* usually 1/sqrt(head_dim) */
+    const float *q;       /* (T, n_heads*head_dim) */
+    const void *k, *v;    /* (n_ctx, n_kv_heads*head_dim), kv_type elements */
+    lp_dtype kv_type;     /* LP_F32 or LP_F16 */
+    float *out;           /* (T, n_heads*head_dim) */
+    float *probs;         /* optional (n_heads, T, probs_ld) softmax weights;
+                             NULL = not wanted (costs nothing) */
+    int probs_ld;         /* row stride of probs, >= pos0+T */
+    float *scratch;       /* per-thread scratch, >= pos0+T floats */
+} lp_attn_args;
+
+typedef struct lp_kernels {
+    const char *name; /* "scalar", "avx2", "avx512", "neon" */
+
+    /* ---- matmul: Y[t, r] = sum_i X[t, i] * W[r, i] for rows r in [r0, r1)
+     * X: (T, n_in) f32; W: (n_out, n_in); Y: (T, ldy). Threads split r. */
+    void (*gemm_f32)(int T, int n_in, const float *X, const float *W,
+                     float *Y, int ldy, int r0, int r1);
+    void (*gemm_f16)(int T, int n_in, const float *X, const uint16_t *W,
+                     float *Y, int ldy, int r0, int r1);
+    /* int8: X already quantized per block (T, n_in/32) by quantize_q8. */
+    void (*gemm_q8)(int T, int n_in, const lp_block_q8 *Xq,
+                    const lp_block_q8 *W, float *Y, int ldy, int r0, int r1);
+    /* x (n) -> n/32 blocks, scale = max|x|/127, round to nearest. */
+    void (*quantize_q8)(const float *x, lp_block_q8 *y, int n);
+
+    /* ---- attention heads [h0, h1) of one call */
+    void (*attention)(const lp_attn_args *a, int h0, int h1);
+
+    /* ---- vector ops (n elements) */
+    float (*dot_f32)(const float *a, const float *b, int n);
+    void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
+    void (*layernorm)(float *out, const float *x, const float *w,
+                      const float *b, int n, float eps);
+    void (*softmax)(float *x, int n);               /* in place, max-subtracted */
+    void (*gelu_tanh)(float *x, int n);             /* in place, gelu_new */
+    void (*gelu_erf)(float *x, int n);              /* in place, exact */
+    void (*swiglu)(float *out, const float *gate, const float *up, int n); /* silu(g)*u */
+    /* Rotates n_heads vectors of head_dim in place; only the first rot_dim
+     * dims rotate. cs/sn: (rot_dim/2) for this position. neox=1: pairs
+     * (i, i+rot_dim/2) (HF rotate_half); neox=0: pairs (2i, 2i+1) (GGUF). */
+    void (*rope)(float *x, int n_heads, int head_dim, int rot_dim,
+                 const float *cs, const float *sn, int neox);
+    void (*add)(float *y, const float *x, int n);   /* y += x */
+    void (*f16_to_f32)(const uint16_t *x, float *y, int n);
+    void (*f32_to_f16)(const float *x, uint16_t *y, int n);
+} lp_kernels;
+
+/* The scalar reference table; always available. */
+extern const lp_kernels lp_kernels_scalar;
+
+/* The table in use: chosen on first call from CPU features and LOUPE_ISA. */
+const lp_kernels *lp_kern(void);
+/* Forces a table by name; returns 0 on success, -1 if unknown, -2 if this
+ * CPU cannot run it. */
+int lp_kern_force(const char *name);
+/* Table by name if this CPU can run it, else NULL (for tests and benches). */
+const lp_kernels *lp_kern_get(const char *name);
+/* NULL-terminated list of every table name compiled in. */
+const char *const *lp_kern_names(void);
+/* Human-readable CPU feature report and the reason for the choice. */
+size_t lp_cpu_report(char *buf, size_t cap);
+
+#endif /* LOUPE_KERNELS_H */

@@ -1,0 +1,245 @@
+/*
+ * forward.c — the transformer forward pass (GPT-2 and Llama family).
+ *
+ * Shape legend: T tokens in this batch, C = dim, H = n_heads, K = n_kv_heads,
+ * D = head_dim, F = ffn_dim, V = n_vocab. Every numeric loop is a call into
+ * the kernel table (simd/kernels.h); this file only sequences them.
+ */
+#include "forward.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "error.h"
+
+/* ------------------------------------------------------------ matmul */
+
+typedef struct {
+    const lp_kernels *k;
+    float *Y;
+    int ldy;
+    const float *X;
+    const lp_block_q8 *Xq;
+    int T;
+    const lp_mat *W;
+    int rows_per_task;
+} lp_matmul_job;
+
+static void lp_matmul_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const lp_matmul_job *j = ctx;
+    int r0 = i * j->rows_per_task;
+    int r1 = r0 + j->rows_per_task;
+    if (r1 > j->W->rows) r1 = j->W->rows;
+    const lp_mat *W = j->W;
+    switch (W->type) {
+    case LP_F32: j->k->gemm_f32(j->T, W->cols, j->X, W->data, j->Y, j->ldy, r0, r1); break;
+    case LP_F16: j->k->gemm_f16(j->T, W->cols, j->X, W->data, j->Y, j->ldy, r0, r1); break;
+    case LP_Q8: j->k->gemm_q8(j->T, W->cols, j->Xq, W->data, j->Y, j->ldy, r0, r1); break;
+    default: break; /* loaders never produce other types */
+    }
+}
+
+typedef struct {
+    const lp_kernels *k;
+    const float *X;
+    lp_block_q8 *Xq;
+    int n;
+} lp_quant_job;
+
+static void lp_quant_task(void *ctx, int t, int thread) {
+    (void)thread;
+    const lp_quant_job *j = ctx;
+    j->k->quantize_q8(j->X + (size_t)t * j->n, j->Xq + (size_t)t * (j->n / LP_QK8), j->n);
+}
+
+void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const lp_mat *W) {
+    const lp_kernels *k = lp_kern();
+    lp_matmul_job j = {k, Y, ldy, X, NULL, T, W, 0};
+    if (W->type == LP_Q8) { /* quantize each activation row once per matmul */
+        lp_quant_job qj = {k, X, s->xq, W->cols};
+        lp_pool_run(s->pool, T, lp_quant_task, &qj);
+        j.Xq = s->xq;
+    }
+    /* ~4 tasks per thread for balance; multiples of 16 rows for the tiles */
+    int n_threads = lp_pool_size(s->pool);
+    int per = (W->rows + 4 * n_threads - 1) / (4 * n_threads);
+    per = (per + 15) & ~15;
+    if (per < 16) per = 16;
+    j.rows_per_task = per;
+    lp_pool_run(s->pool, (W->rows + per - 1) / per, lp_matmul_task, &j);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+/* y[t, :] += b for each of T rows of width n (ld = n) */
+static void lp_add_bias(float *Y, const float *b, int T, int n) {
+    if (!b) return;
+    const lp_kernels *k = lp_kern();
+    for (int t = 0; t < T; t++) k->add(Y + (size_t)t * n, b, n);
+}
+
+static void lp_norm_rows(const loupe_model *m, float *out, const float *x, int T,
+                         const float *w, const float *b) {
+    const lp_kernels *k = lp_kern();
+    int C = m->hp.dim;
+    for (int t = 0; t < T; t++) {
+        if (m->hp.arch == LP_ARCH_GPT2)
+            k->layernorm(out + (size_t)t * C, x + (size_t)t * C, w, b, C, m->hp.norm_eps);
+        else
+            k->rmsnorm(out + (size_t)t * C, x + (size_t)t * C, w, C, m->hp.norm_eps);
+    }
+}
+
+/* Rotates q (T, H*D) and k (T, K*D) for positions pos0.. (Llama family). */
+static void lp_rope_rows(const loupe_model *m, float *q, float *kk, int T, int pos0, int ldk) {
+    const lp_hparams *hp = &m->hp;
+    const lp_kernels *k = lp_kern();
+    int half = hp->rot_dim / 2;
+    float cs[512], sn[512]; /* rot_dim <= 1024 is checked at load */
+    for (int t = 0; t < T; t++) {
+        double pos = pos0 + t;
+        for (int i = 0; i < half; i++) {
+            double a = pos * (double)m->rope_inv_freq[i];
+            cs[i] = (float)cos(a);
+            sn[i] = (float)sin(a);
+        }
+        k->rope(q + (size_t)t * hp->n_heads * hp->head_dim, hp->n_heads, hp->head_dim,
+                hp->rot_dim, cs, sn, hp->rope_neox);
+        k->rope(kk + (size_t)t * ldk, hp->n_kv_heads, hp->head_dim, hp->rot_dim, cs, sn,
+                hp->rope_neox);
+    }
+}
+
+/* ------------------------------------------------------------ attention */
+
+typedef struct {
+    lp_attn_args a;
+    float *scratch; /* (n_threads, n_ctx) */
+    int n_ctx;
+} lp_attn_job;
+
+static void lp_attn_task(void *ctx, int h, int thread) {
+    lp_attn_job *j = ctx;
+    lp_attn_args a = j->a;
+    a.scratch = j->scratch + (size_t)thread * j->n_ctx;
+    lp_kern()->attention(&a, h, h + 1);
+}
+
+/* x (T, C) += attention block of layer l */
+static void lp_attention_forward(loupe_session *s, int l, int T) {
+    const loupe_model *m = s->m;
+    const lp_hparams *hp = &m->hp;
+    const lp_layer *L = &m->w.layers[l];
+    int C = hp->dim, D = hp->head_dim;
+    int q_dim = hp->n_heads * D, kv_dim = hp->n_kv_heads * D;
+    int pos0 = s->pos;
+    float *kc = s->k_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (T, K*D) */
+    float *vc = s->v_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (T, K*D) */
+
+    lp_norm_rows(m, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
+    lp_matmul(s, s->q, q_dim, s->xn, T, &L->wq);
+    lp_matmul(s, kc, kv_dim, s->xn, T, &L->wk);
+    lp_matmul(s, vc, kv_dim, s->xn, T, &L->wv);
+    lp_add_bias(s->q, L->bq, T, q_dim);
+    lp_add_bias(kc, L->bk, T, kv_dim);
+    lp_add_bias(vc, L->bv, T, kv_dim);
+    if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, kc, T, pos0, kv_dim);
+
+    lp_attn_job j;
+    memset(&j, 0, sizeof j);
+    j.a.T = T;
+    j.a.pos0 = pos0;
+    j.a.n_heads = hp->n_heads;
+    j.a.n_kv_heads = hp->n_kv_heads;
+    j.a.head_dim = D;
+    j.a.scale = 1.0f / sqrtf((float)D);
+    j.a.q = s->q;
+    j.a.k = s->k_cache + (size_t)l * s->n_ctx * kv_dim;
+    j.a.v = s->v_cache + (size_t)l * s->n_ctx * kv_dim;
+    j.a.kv_type = LP_F32;
+    j.a.out = s->att;
+    j.scratch = s->attn_scratch;
+    j.n_ctx = s->n_ctx;
+    lp_pool_run(s->pool, hp->n_heads, lp_attn_task, &j);
+
+    lp_matmul(s, s->proj, C, s->att, T, &L->wo);
+    lp_add_bias(s->proj, L->bo, T, C);
+    const lp_kernels *k = lp_kern();
+    k->add(s->x, s->proj, T * C);
+}
+
+/* ------------------------------------------------------------ MLP */
+
+/* x (T, C) += MLP block of layer l */
+static void lp_mlp_forward(loupe_session *s, int l, int T) {
+    const loupe_model *m = s->m;
+    const lp_hparams *hp = &m->hp;
+    const lp_layer *L = &m->w.layers[l];
+    const lp_kernels *k = lp_kern();
+    int C = hp->dim, F = hp->ffn_dim;
+
+    lp_norm_rows(m, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
+    lp_matmul(s, s->hb, F, s->xn, T, &L->w_up);
+    lp_add_bias(s->hb, L->b_up, T, F);
+    if (hp->act == LP_ACT_SILU) {
+        lp_matmul(s, s->hb2, F, s->xn, T, &L->w_gate);
+        k->swiglu(s->hb, s->hb2, s->hb, T * F);
+    } else if (hp->act == LP_ACT_GELU_TANH) {
+        k->gelu_tanh(s->hb, T * F);
+    } else {
+        k->gelu_erf(s->hb, T * F);
+    }
+    lp_matmul(s, s->proj, C, s->hb, T, &L->w_down);
+    lp_add_bias(s->proj, L->b_down, T, C);
+    k->add(s->x, s->proj, T * C);
+}
+
+/* ------------------------------------------------------------ embed, head */
+
+static void lp_embed(loupe_session *s, const int32_t *tokens, int T) {
+    const loupe_model *m = s->m;
+    const lp_mat *E = &m->w.tok_embd;
+    const lp_kernels *k = lp_kern();
+    int C = m->hp.dim;
+    for (int t = 0; t < T; t++) {
+        float *row = s->x + (size_t)t * C;
+        size_t r = (size_t)tokens[t];
+        if (E->type == LP_F32) {
+            memcpy(row, (const float *)E->data + r * C, (size_t)C * sizeof(float));
+        } else if (E->type == LP_F16) {
+            k->f16_to_f32((const uint16_t *)E->data + r * C, row, C);
+        } else { /* Q8: dequantize the row's blocks */
+            const lp_block_q8 *b = (const lp_block_q8 *)E->data + r * (C / LP_QK8);
+            for (int i = 0; i < C; i++)
+                row[i] = lp_f16_to_f32(b[i / LP_QK8].d) * (float)b[i / LP_QK8].qs[i % LP_QK8];
+        }
+        if (m->w.pos_embd) k->add(row, m->w.pos_embd + (size_t)(s->pos + t) * C, C);
+    }
+}
+
+static void lp_head(loupe_session *s, int T, float *logits, int all_logits) {
+    const loupe_model *m = s->m;
+    int C = m->hp.dim;
+    int first = all_logits ? 0 : T - 1;
+    int n = T - first;
+    lp_norm_rows(m, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b);
+    lp_matmul(s, logits, m->hp.n_vocab, s->xn, n, &m->w.lm_head);
+}
+
+/* ------------------------------------------------------------ forward */
+
+loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T, float *logits,
+                        int all_logits) {
+    if (T <= 0 || T > s->cap_T || s->pos + T > s->n_ctx)
+        return lp_fail(LOUPE_ERR_INTERNAL, "lp_forward: batch of %d at %d/%d", T, s->pos,
+                       s->n_ctx);
+    lp_embed(s, tokens, T);
+    for (int l = 0; l < s->m->hp.n_layers; l++) {
+        lp_attention_forward(s, l, T);
+        lp_mlp_forward(s, l, T);
+    }
+    if (logits) lp_head(s, T, logits, all_logits);
+    s->pos += T;
+    return LOUPE_OK;
+}

@@ -1,0 +1,34 @@
+/*
+ * session.h — one conversation/request over a shared model: KV cache,
+ * scratch activations, thread pool. Everything mutable lives here.
+ */
+#ifndef LOUPE_SESSION_H
+#define LOUPE_SESSION_H
+
+#include "model.h"
+#include "threadpool.h"
+
+struct loupe_session {
+    const loupe_model *m;
+    int n_ctx;           /* KV cache capacity in positions */
+    int pos;             /* tokens already in the cache */
+    lp_pool *pool;
+    /* KV cache: (n_layers, n_ctx, n_kv_heads*head_dim) f32 */
+    float *k_cache, *v_cache;
+    /* token history (for repetition penalties): (n_ctx) */
+    int32_t *history;
+    /* scratch for a batch of up to cap_T tokens */
+    int cap_T;
+    float *x;       /* (T, dim) residual stream */
+    float *xn;      /* (T, dim) normed input */
+    float *q;       /* (T, n_heads*head_dim) */
+    float *att;     /* (T, n_heads*head_dim) attention output (z) */
+    float *hb;      /* (T, ffn_dim) */
+    float *hb2;     /* (T, ffn_dim) */
+    float *proj;    /* (T, dim) */
+    lp_block_q8 *xq;/* (T, max(dim,ffn)/32) quantized activations */
+    float *attn_scratch; /* (n_threads, n_ctx) */
+    float *logits;  /* (n_vocab) last position */
+};
+
+#endif
