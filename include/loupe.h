@@ -141,6 +141,64 @@ LOUPE_API int loupe_session_n_ctx(const loupe_session *s);
 LOUPE_API loupe_status loupe_eval(loupe_session *s, const int32_t *tokens,
                                   int n, float *logits, int all_logits);
 
+/* ------------------------------------------------------ hooks (inspection) */
+
+/* Hook points, named as in TransformerLens. L is a layer index. */
+typedef enum loupe_hook_point {
+    LOUPE_HOOK_EMBED = 0,        /* "embed"          (T, dim) token (+pos) embedding */
+    LOUPE_HOOK_RESID_PRE,        /* "resid_pre.L"    (T, dim) residual before layer L */
+    LOUPE_HOOK_ATTN_PATTERN,     /* "attn.pattern.L" (n_heads, T, n_keys) softmax weights */
+    LOUPE_HOOK_ATTN_Z,           /* "attn.z.L"       (T, n_heads*head_dim) per-head outputs before W_O */
+    LOUPE_HOOK_ATTN_OUT,         /* "attn_out.L"     (T, dim) attention block output (after W_O, bias) */
+    LOUPE_HOOK_RESID_MID,        /* "resid_mid.L"    (T, dim) residual after attention */
+    LOUPE_HOOK_MLP_OUT,          /* "mlp_out.L"      (T, dim) MLP block output */
+    LOUPE_HOOK_RESID_POST,       /* "resid_post.L"   (T, dim) residual after layer L */
+    LOUPE_HOOK_FINAL_NORM,       /* "final_norm"     (R, dim) final norm output */
+    LOUPE_HOOK_LOGITS,           /* "logits"         (R, n_vocab) */
+    LOUPE_HOOK_COUNT
+} loupe_hook_point;
+
+/* One activation handed to a hook. Rows are the tokens of the current
+ * forward call: absolute positions pos0 .. pos0+T-1. For final_norm and
+ * logits only the rows the head computes are given (R = T when all logits
+ * were asked for, else R = 1: the last token; pos0 is then that token's).
+ * attn.pattern is (n_heads, T, n_keys) with n_keys = pos0 + T: row t has
+ * weights for keys 0..pos0+t and zeros after (causal). */
+typedef struct loupe_activation {
+    loupe_hook_point point;
+    int layer;      /* -1 for embed, final_norm, logits */
+    int pos0;       /* absolute position of row 0 */
+    int T;          /* rows */
+    int width;      /* floats per row (n_keys for attn.pattern) */
+    int n_heads;    /* attn.pattern: heads (planes); else 1 */
+    float *data;    /* contiguous; (n_heads, T, width) */
+} loupe_activation;
+
+/* Called during the forward pass. The hook may read the activation or
+ * modify it in place (ablation, patching, steering): the forward pass goes
+ * on with the modified values — except attn.pattern, which is read-only
+ * (ablate heads through attn.z). Return non-zero to abort the forward pass
+ * (loupe_eval then returns LOUPE_ERR_CANCELLED). */
+typedef int (*loupe_hook_fn)(void *user, const loupe_activation *act);
+
+/* Registers fn on a hook point name: "embed", "final_norm", "logits", or
+ * "<point>.<L>" with L a layer index or "*" for every layer, e.g.
+ * "attn.pattern.3", "resid_post.*". Hooks run in registration order.
+ * A session without hooks computes nothing extra (attention weights are
+ * only materialised when an attn.pattern hook is registered). */
+LOUPE_API loupe_status loupe_session_add_hook(loupe_session *s, const char *name,
+                                              loupe_hook_fn fn, void *user);
+LOUPE_API void loupe_session_clear_hooks(loupe_session *s);
+/* Parses a hook name into (point, layer); layer -1 for "*" or none. */
+LOUPE_API loupe_status loupe_hook_parse(const char *name, loupe_hook_point *point,
+                                        int *layer);
+LOUPE_API const char *loupe_hook_point_name(loupe_hook_point p);
+
+/* Logit lens: applies the final norm and the unembedding to n rows of
+ * residual-stream vectors (n, dim), writing logits (n, n_vocab). */
+LOUPE_API loupe_status loupe_unembed(loupe_session *s, const float *resid, int n,
+                                     float *logits);
+
 /* ------------------------------------------------------------- sampling */
 
 typedef struct loupe_sampling {
@@ -195,6 +253,39 @@ LOUPE_API loupe_status loupe_generate(loupe_session *s, const int32_t *prompt,
                                       int n_prompt,
                                       const loupe_generate_params *p,
                                       loupe_generate_result *res);
+
+/* -------------------------------------------------------- chat templates */
+
+/* One chat turn. role: "system", "user", "assistant" (whatever the
+ * template accepts); content: UTF-8 text. */
+typedef struct loupe_chat_message {
+    const char *role;
+    const char *content;
+} loupe_chat_message;
+
+/* Renders messages into the prompt text with the model's chat template
+ * (a Jinja subset with Hugging Face's semantics: trim_blocks, lstrip_blocks,
+ * bos_token/eos_token/add_generation_prompt/tools=none, raise_exception,
+ * strftime_now), or with the fallback template (docs/SERVER.md) if the
+ * model has none. Tokenize the result with add_special = 0 and
+ * parse_special = 1: templates write BOS themselves. *out is malloc'd
+ * (release with free()). LOUPE_ERR_ARG: the template rejected the
+ * messages (raise_exception); LOUPE_ERR_UNSUPPORTED: a construct outside
+ * the subset; LOUPE_ERR_FORMAT: a syntax or type error. The message names
+ * the template line. */
+LOUPE_API loupe_status loupe_chat_render(const loupe_model *m,
+                                         const loupe_chat_message *msgs,
+                                         int n_msgs, int add_generation_prompt,
+                                         char **out);
+/* The model's own template text, or NULL if it has none. */
+LOUPE_API const char *loupe_chat_template(const loupe_model *m);
+LOUPE_API const char *loupe_chat_fallback_template(void);
+/* Renders any template with variables given as a JSON object text
+ * (e.g. {"messages": [...], "add_generation_prompt": true}); NULL = none.
+ * Globals namespace(), range(), dict(), raise_exception() and
+ * strftime_now() are always defined. *out is malloc'd. */
+LOUPE_API loupe_status loupe_template_render(const char *tmpl,
+                                             const char *vars_json, char **out);
 
 #ifdef __cplusplus
 }

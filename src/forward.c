@@ -8,9 +8,11 @@
 #include "forward.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "hooks.h"
 
 /* ------------------------------------------------------------ matmul */
 
@@ -126,8 +128,18 @@ static void lp_attn_task(void *ctx, int h, int thread) {
     lp_kern()->attention(&a, h, h + 1);
 }
 
-/* x (T, C) += attention block of layer l */
-static void lp_attention_forward(loupe_session *s, int l, int T) {
+/* Makes sure s->pattern holds (n_heads, T, n_keys) floats. */
+static int lp_reserve_pattern(loupe_session *s, size_t n) {
+    if (n <= s->cap_pattern) return 1;
+    float *p = realloc(s->pattern, n * sizeof(float));
+    if (!p) return 0;
+    s->pattern = p;
+    s->cap_pattern = n;
+    return 1;
+}
+
+/* x (T, C) += attention block of layer l. Returns 1 if a hook aborted. */
+static int lp_attention_forward(loupe_session *s, int l, int T) {
     const loupe_model *m = s->m;
     const lp_hparams *hp = &m->hp;
     const lp_layer *L = &m->w.layers[l];
@@ -161,18 +173,30 @@ static void lp_attention_forward(loupe_session *s, int l, int T) {
     j.a.out = s->att;
     j.scratch = s->attn_scratch;
     j.n_ctx = s->n_ctx;
+    int n_keys = pos0 + T;
+    int want_pattern = lp_hooks_want(s, LOUPE_HOOK_ATTN_PATTERN, l) &&
+                       lp_reserve_pattern(s, (size_t)hp->n_heads * T * n_keys);
+    if (want_pattern) {
+        j.a.probs = s->pattern;
+        j.a.probs_ld = n_keys;
+    }
     lp_pool_run(s->pool, hp->n_heads, lp_attn_task, &j);
+    if (want_pattern && lp_hooks_fire(s, LOUPE_HOOK_ATTN_PATTERN, l, pos0, T, n_keys,
+                                      hp->n_heads, s->pattern))
+        return 1;
+    if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_Z, l, pos0, T, q_dim, 1, s->att)) return 1;
 
     lp_matmul(s, s->proj, C, s->att, T, &L->wo);
     lp_add_bias(s->proj, L->bo, T, C);
-    const lp_kernels *k = lp_kern();
-    k->add(s->x, s->proj, T * C);
+    if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_OUT, l, pos0, T, C, 1, s->proj)) return 1;
+    lp_kern()->add(s->x, s->proj, T * C);
+    return lp_hooks_fire(s, LOUPE_HOOK_RESID_MID, l, pos0, T, C, 1, s->x);
 }
 
 /* ------------------------------------------------------------ MLP */
 
-/* x (T, C) += MLP block of layer l */
-static void lp_mlp_forward(loupe_session *s, int l, int T) {
+/* x (T, C) += MLP block of layer l. Returns 1 if a hook aborted. */
+static int lp_mlp_forward(loupe_session *s, int l, int T) {
     const loupe_model *m = s->m;
     const lp_hparams *hp = &m->hp;
     const lp_layer *L = &m->w.layers[l];
@@ -192,7 +216,9 @@ static void lp_mlp_forward(loupe_session *s, int l, int T) {
     }
     lp_matmul(s, s->proj, C, s->hb, T, &L->w_down);
     lp_add_bias(s->proj, L->b_down, T, C);
+    if (lp_hooks_fire(s, LOUPE_HOOK_MLP_OUT, l, s->pos, T, C, 1, s->proj)) return 1;
     k->add(s->x, s->proj, T * C);
+    return lp_hooks_fire(s, LOUPE_HOOK_RESID_POST, l, s->pos, T, C, 1, s->x);
 }
 
 /* ------------------------------------------------------------ embed, head */
@@ -218,13 +244,16 @@ static void lp_embed(loupe_session *s, const int32_t *tokens, int T) {
     }
 }
 
-static void lp_head(loupe_session *s, int T, float *logits, int all_logits) {
+/* logits (n, V) of rows first..T-1. Returns 1 if a hook aborted. */
+static int lp_head(loupe_session *s, int T, float *logits, int all_logits) {
     const loupe_model *m = s->m;
     int C = m->hp.dim;
     int first = all_logits ? 0 : T - 1;
     int n = T - first;
     lp_norm_rows(m, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b);
+    if (lp_hooks_fire(s, LOUPE_HOOK_FINAL_NORM, -1, s->pos + first, n, C, 1, s->xn)) return 1;
     lp_matmul(s, logits, m->hp.n_vocab, s->xn, n, &m->w.lm_head);
+    return lp_hooks_fire(s, LOUPE_HOOK_LOGITS, -1, s->pos + first, n, m->hp.n_vocab, 1, logits);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -234,12 +263,28 @@ loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T, float *l
     if (T <= 0 || T > s->cap_T || s->pos + T > s->n_ctx)
         return lp_fail(LOUPE_ERR_INTERNAL, "lp_forward: batch of %d at %d/%d", T, s->pos,
                        s->n_ctx);
+    int C = s->m->hp.dim, aborted = 0;
     lp_embed(s, tokens, T);
-    for (int l = 0; l < s->m->hp.n_layers; l++) {
-        lp_attention_forward(s, l, T);
-        lp_mlp_forward(s, l, T);
+    aborted = lp_hooks_fire(s, LOUPE_HOOK_EMBED, -1, s->pos, T, C, 1, s->x);
+    for (int l = 0; l < s->m->hp.n_layers && !aborted; l++) {
+        aborted = lp_hooks_fire(s, LOUPE_HOOK_RESID_PRE, l, s->pos, T, C, 1, s->x) ||
+                  lp_attention_forward(s, l, T) || lp_mlp_forward(s, l, T);
     }
-    if (logits) lp_head(s, T, logits, all_logits);
+    if (!aborted && logits) aborted = lp_head(s, T, logits, all_logits);
+    if (aborted) return lp_fail(LOUPE_ERR_CANCELLED, "a hook stopped the forward pass");
     s->pos += T;
+    return LOUPE_OK;
+}
+
+loupe_status loupe_unembed(loupe_session *s, const float *resid, int n, float *logits) {
+    if (!s || !resid || !logits || n < 0) return lp_fail(LOUPE_ERR_ARG, "loupe_unembed: bad arguments");
+    const loupe_model *m = s->m;
+    int C = m->hp.dim, V = m->hp.n_vocab;
+    for (int done = 0; done < n;) {
+        int T = n - done < s->cap_T ? n - done : s->cap_T;
+        lp_norm_rows(m, s->xn, resid + (size_t)done * C, T, m->w.out_norm_w, m->w.out_norm_b);
+        lp_matmul(s, logits + (size_t)done * V, V, s->xn, T, &m->w.lm_head);
+        done += T;
+    }
     return LOUPE_OK;
 }

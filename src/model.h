@@ -135,4 +135,21 @@ loupe_status lp_bind_vec(loupe_model *m, const lp_tensor_info *t, int64_t n,
 
 const char *lp_arch_name(lp_arch a);
 
+/* Records a weight in m->tensors (for `loupe info`) and counts its
+ * elements in n_params and its in-memory bytes in weight_bytes.
+ * lp_bind_mat / lp_bind_vec call it; loaders that build weights another
+ * way call it themselves. */
+loupe_status lp_model_add_tensor(loupe_model *m, const char *name, lp_dtype type,
+                                 int n_dims, const int64_t *shape, uint64_t bytes);
+/* LOUPE_ERR_SHAPE ("file: tensor: shape [a, b] but config.json implies
+ * [c, d]") unless t has exactly the n_dims dimensions want. */
+loupe_status lp_check_shape(const loupe_model *m, const lp_tensor_info *t, int n_dims,
+                            const int64_t *want);
+/* Rows [r0, r0 + n) of w as a matrix sharing w's data (fused QKV split). */
+lp_mat lp_mat_rows(const lp_mat *w, int r0, int n);
+/* Reads dir/config.json (and dir/generation_config.json if present) into
+ * hp without touching weights, then checks it as lp_hparams_validate does
+ * (derived fields filled). Messages name the file and key. */
+loupe_status lp_hf_read_config(const char *dir, lp_hparams *hp);
+
 #endif

@@ -84,6 +84,8 @@ void loupe_session_free(loupe_session *s) {
     free(s->xq);
     free(s->attn_scratch);
     free(s->logits);
+    free(s->hooks);
+    free(s->pattern);
     free(s);
 }
 

@@ -8,6 +8,14 @@
 #include "model.h"
 #include "threadpool.h"
 
+/* A registered hook: layer -1 matches every layer (or a layer-less point). */
+typedef struct {
+    loupe_hook_point point;
+    int layer;
+    loupe_hook_fn fn;
+    void *user;
+} lp_hook;
+
 struct loupe_session {
     const loupe_model *m;
     int n_ctx;           /* KV cache capacity in positions */
@@ -29,6 +37,12 @@ struct loupe_session {
     lp_block_q8 *xq;/* (T, max(dim,ffn)/32) quantized activations */
     float *attn_scratch; /* (n_threads, n_ctx) */
     float *logits;  /* (n_vocab) last position */
+    /* hooks */
+    lp_hook *hooks;
+    int n_hooks, cap_hooks;
+    unsigned hooked_points; /* bit per loupe_hook_point with any hook */
+    float *pattern;         /* (n_heads, T, n_keys) when attn.pattern is hooked */
+    size_t cap_pattern;
 };
 
 #endif

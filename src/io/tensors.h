@@ -67,6 +67,10 @@ typedef struct {
     lp_meta *meta; /* GGUF only */
     int n_meta;
     uint32_t gguf_version;
+    /* name index (open addressing, slots hold tensor index + 1), built by
+       lp_tensor_set_index; lp_tensor_find scans linearly if it is stale */
+    int *hash;
+    int hash_cap, hash_n;
 } lp_tensor_set;
 
 void lp_tensor_set_free(lp_tensor_set *ts);
@@ -75,6 +79,17 @@ const lp_meta *lp_meta_find(const lp_tensor_set *ts, const char *key);
 const char *lp_dtype_name(lp_dtype t);
 /* Bytes for n elements of type t (n must be a multiple of 32 for Q8). */
 uint64_t lp_dtype_bytes(lp_dtype t, uint64_t n);
+
+/* ---- helpers for readers ---- */
+/* Moves *map into ts (map is zeroed). Returns its index, -1 on OOM. */
+int lp_tensor_set_add_map(lp_tensor_set *ts, lp_mapping *map);
+/* Appends a zeroed tensor named name[0..len) (copied); NULL on OOM. */
+lp_tensor_info *lp_tensor_set_add(lp_tensor_set *ts, const char *name, size_t len);
+/* Drops tensors, mappings and metadata added after the counts given
+   (a reader's error path). */
+void lp_tensor_set_truncate(lp_tensor_set *ts, int n, int n_maps, int n_meta);
+/* Rebuilds the name index; LOUPE_ERR_FORMAT if a name occurs twice. */
+loupe_status lp_tensor_set_index(lp_tensor_set *ts);
 
 /* Readers. path: a file. Append to ts (so shards accumulate). */
 loupe_status lp_read_safetensors(const char *path, lp_tensor_set *ts);

@@ -1,0 +1,452 @@
+/*
+ * avx2.c — kernels for x86-64 with AVX2 + FMA + F16C (Haswell, Zen and
+ * later). Compiled with -mavx2 -mfma -mf16c; only reached after dispatch.c
+ * has checked CPUID and XCR0.
+ *
+ * Matmuls work on tiles of a few tokens × a few weight rows so that each
+ * loaded weight vector is used by several tokens (prefill) while the
+ * single-token case (decode, a GEMV) streams each weight row exactly once.
+ * Tails (n not a multiple of 8) use masked loads, never reading past the end.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <sleef.h>
+#include <string.h>
+
+#include "avx2.h"
+
+#define LP_INLINE static inline __attribute__((always_inline))
+/* Loops over the TT tokens / RT rows of a tile: constant trip counts, fully
+ * unrolled so that acc[][] stays in registers (also at -O2). */
+#define for_tokens(a) _Pragma("GCC unroll 4") for (int a = 0; a < TT; a++)
+#define for_rows(b) _Pragma("GCC unroll 4") for (int b = 0; b < RT; b++)
+
+/* -------------------------------------------------------------- helpers */
+
+LP_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+LP_INLINE float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Lane mask selecting the first m lanes (0 <= m <= 8). */
+LP_INLINE __m256i first_lanes(int m) {
+    static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(bits + 8 - m));
+}
+
+/* Loads min(m, 8) floats, zero-filling missing lanes. */
+LP_INLINE __m256 ld(const float *p, int m) {
+    return m >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes(m));
+}
+
+LP_INLINE void st(float *p, __m256 v, int m) {
+    if (m >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, first_lanes(m), v);
+}
+
+/* Loads min(m, 8) fp16 values as floats, zero-filling missing lanes. */
+LP_INLINE __m256 ld_h(const uint16_t *p, int m) {
+    if (m >= 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    uint16_t buf[8] = {0};
+    memcpy(buf, p, (size_t)m * sizeof *p);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)buf));
+}
+
+/* ------------------------------------------------------ gemm f32 / f16 */
+
+/* One step of a tile: acc[a][b] += x[a][i, i+m) * w[b][i, i+m). m = 8 is
+ * the constant full-vector case; m < 8 the masked tail. TT tokens, RT
+ * rows and F16 (weights are fp16) are constants at every call site. */
+LP_INLINE void gemm_step(const int TT, const int RT, const int F16, const float *const *x,
+                         const void *const *w, int i, int m, __m256 acc[3][4]) {
+    __m256 wv[4];
+    for_rows(b) wv[b] = F16 ? ld_h((const uint16_t *)w[b] + i, m) : ld((const float *)w[b] + i, m);
+    for_tokens(a) {
+        const __m256 xv = ld(x[a] + i, m);
+        for_rows(b) acc[a][b] = _mm256_fmadd_ps(xv, wv[b], acc[a][b]);
+    }
+}
+
+/* Y[t0+a, r0+b] for a < TT tokens, b < RT rows: 3 x 4 accumulators plus
+ * 4 weight vectors fill the 16 ymm registers. */
+LP_INLINE void gemm_tile(const int TT, const int RT, const int F16, int n_in, const float *X,
+                         const void *W, float *Y, int ldy, int t0, int r0) {
+    __m256 acc[3][4];
+    const float *x[3];
+    const void *w[4];
+    const size_t esize = F16 ? sizeof(uint16_t) : sizeof(float);
+    for_tokens(a) x[a] = X + (size_t)(t0 + a) * n_in;
+    for_rows(b) w[b] = (const char *)W + (size_t)(r0 + b) * n_in * esize;
+    for_tokens(a)
+        for_rows(b) acc[a][b] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n_in; i += 8) gemm_step(TT, RT, F16, x, w, i, 8, acc);
+    if (i < n_in) gemm_step(TT, RT, F16, x, w, i, n_in - i, acc);
+    for_tokens(a)
+        for_rows(b) Y[(size_t)(t0 + a) * ldy + r0 + b] = hsum8(acc[a][b]);
+}
+
+/* Rows outer, tokens inner: a tile's 4 weight rows stay in L1/L2 while all
+ * tokens pass over them; with T = 1 each row is streamed once. */
+LP_INLINE void gemm_rows(const int F16, int T, int n_in, const float *X, const void *W,
+                         float *Y, int ldy, int r0, int r1) {
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        int t = 0;
+        for (; t + 3 <= T; t += 3) gemm_tile(3, 4, F16, n_in, X, W, Y, ldy, t, r);
+        for (; t < T; t++) gemm_tile(1, 4, F16, n_in, X, W, Y, ldy, t, r);
+    }
+    for (; r < r1; r++) {
+        int t = 0;
+        for (; t + 3 <= T; t += 3) gemm_tile(3, 1, F16, n_in, X, W, Y, ldy, t, r);
+        for (; t < T; t++) gemm_tile(1, 1, F16, n_in, X, W, Y, ldy, t, r);
+    }
+}
+
+static void gemm_f32(int T, int n_in, const float *X, const float *W, float *Y,
+                     int ldy, int r0, int r1) {
+    gemm_rows(0, T, n_in, X, W, Y, ldy, r0, r1);
+}
+
+static void gemm_f16(int T, int n_in, const float *X, const uint16_t *W, float *Y,
+                     int ldy, int r0, int r1) {
+    gemm_rows(1, T, n_in, X, W, Y, ldy, r0, r1);
+}
+
+/* -------------------------------------------------------------- gemm q8 */
+
+/* int8 × int8 products through vpmaddubsw, which needs one unsigned
+ * operand: |w| * (x with w's sign) equals w * x. |w| <= 127 (and pairs of
+ * products <= 2*127*128) so the int16 pair sums cannot saturate. */
+LP_INLINE __m256i dot_q8_lanes(__m256i w_abs, __m256i w, __m256i x) {
+    const __m256i p16 = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); /* 8 int32 partial sums */
+}
+
+LP_INLINE void tile_q8(const int TT, const int RT, int nb, const lp_block_q8 *X,
+                       const lp_block_q8 *W, float *Y, int ldy, int t0, int r0) {
+    __m256 acc[4][4];
+    const lp_block_q8 *x[4], *w[4];
+    for_tokens(a) x[a] = X + (size_t)(t0 + a) * nb;
+    for_rows(b) w[b] = W + (size_t)(r0 + b) * nb;
+    for_tokens(a)
+        for_rows(b) acc[a][b] = _mm256_setzero_ps();
+    for (int k = 0; k < nb; k++) {
+        __m256i wq[4], wa[4];
+        float dw[4];
+        for_rows(b) {
+            wq[b] = _mm256_loadu_si256((const __m256i *)w[b][k].qs);
+            wa[b] = _mm256_sign_epi8(wq[b], wq[b]);
+            dw[b] = _cvtsh_ss(w[b][k].d);
+        }
+        for_tokens(a) {
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)x[a][k].qs);
+            const float dx = _cvtsh_ss(x[a][k].d);
+            for_rows(b) {
+                const __m256 s = _mm256_cvtepi32_ps(dot_q8_lanes(wa[b], wq[b], xq));
+                acc[a][b] = _mm256_fmadd_ps(s, _mm256_set1_ps(dx * dw[b]), acc[a][b]);
+            }
+        }
+    }
+    for_tokens(a)
+        for_rows(b) Y[(size_t)(t0 + a) * ldy + r0 + b] = hsum8(acc[a][b]);
+}
+
+static void gemm_q8(int T, int n_in, const lp_block_q8 *Xq, const lp_block_q8 *W,
+                    float *Y, int ldy, int r0, int r1) {
+    const int nb = n_in / LP_QK8;
+    int r = r0;
+    if (T == 1) { /* decode: 4 independent rows in flight */
+        for (; r + 4 <= r1; r += 4) tile_q8(1, 4, nb, Xq, W, Y, ldy, 0, r);
+        for (; r < r1; r++) tile_q8(1, 1, nb, Xq, W, Y, ldy, 0, r);
+        return;
+    }
+    for (; r + 2 <= r1; r += 2) {
+        int t = 0;
+        for (; t + 4 <= T; t += 4) tile_q8(4, 2, nb, Xq, W, Y, ldy, t, r);
+        for (; t < T; t++) tile_q8(1, 2, nb, Xq, W, Y, ldy, t, r);
+    }
+    for (; r < r1; r++) {
+        int t = 0;
+        for (; t + 4 <= T; t += 4) tile_q8(4, 1, nb, Xq, W, Y, ldy, t, r);
+        for (; t < T; t++) tile_q8(1, 1, nb, Xq, W, Y, ldy, t, r);
+    }
+}
+
+/* Rounds half away from zero exactly like roundf: truncate, then add 1
+ * when the dropped fraction (computed exactly) is >= 0.5. */
+LP_INLINE __m256 round_away(__m256 v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 a = _mm256_andnot_ps(sign, v);
+    __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    t = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_set1_ps(1.0f)));
+    return _mm256_or_ps(t, _mm256_and_ps(sign, v));
+}
+
+/* Bit-identical to the scalar quantizer: same fp32 d, same x * (1/d). */
+void lp_avx2_quantize_q8(const float *x, lp_block_q8 *y, int n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int k = 0; k < n / LP_QK8; k++) {
+        const float *xb = x + (size_t)k * LP_QK8; // (32)
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+        }
+        const float d = hmax8(amax) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[k].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[j], _mm256_set1_ps(id))));
+        /* packs work per 128-bit lane; the permute restores element order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                       _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[k].qs, p);
+    }
+}
+
+/* ----------------------------------------------------------- vector ops */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i < n; i += 8) s0 = _mm256_fmadd_ps(ld(a + i, n - i), ld(b + i, n - i), s0);
+    return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+void lp_avx2_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    __m256 ss = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        const __m256 v = ld(x + i, n - i);
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(hsum8(ss) / (float)n + eps));
+    for (int i = 0; i < n; i += 8)
+        st(out + i, _mm256_mul_ps(_mm256_mul_ps(ld(x + i, n - i), inv), ld(w + i, n - i)),
+           n - i);
+}
+
+void lp_avx2_layernorm(float *out, const float *x, const float *w, const float *b, int n,
+                       float eps) {
+    __m256 s = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) s = _mm256_add_ps(s, ld(x + i, n - i));
+    const float mean = hsum8(s) / (float)n;
+    const __m256 mv = _mm256_set1_ps(mean);
+    __m256 var = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        /* masked-off lanes load 0 and would add mean^2: zero them again */
+        __m256 dv = _mm256_sub_ps(ld(x + i, n - i), mv);
+        if (n - i < 8) dv = _mm256_and_ps(dv, _mm256_castsi256_ps(first_lanes(n - i)));
+        var = _mm256_fmadd_ps(dv, dv, var);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(hsum8(var) / (float)n + eps));
+    for (int i = 0; i < n; i += 8) {
+        const int m = n - i;
+        __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(ld(x + i, m), mv), inv),
+                                 ld(w + i, m));
+        if (b) y = _mm256_add_ps(y, ld(b + i, m));
+        st(out + i, y, m);
+    }
+}
+
+static void softmax(float *x, int n) {
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int i = 0; i < n; i += 8) {
+        __m256 v = ld(x + i, n - i);
+        if (n - i < 8) /* missing lanes must not win the max */
+            v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v,
+                                 _mm256_castsi256_ps(first_lanes(n - i)));
+        mx = _mm256_max_ps(mx, v);
+    }
+    const __m256 maxv = _mm256_set1_ps(hmax8(mx));
+    __m256 sum = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        const int m = n - i;
+        __m256 e = Sleef_expf8_u10avx2(_mm256_sub_ps(ld(x + i, m), maxv));
+        if (m < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(first_lanes(m)));
+        sum = _mm256_add_ps(sum, e);
+        st(x + i, e, m);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / hsum8(sum));
+    for (int i = 0; i < n; i += 8) st(x + i, _mm256_mul_ps(ld(x + i, n - i), inv), n - i);
+}
+
+static void gelu_tanh(float *x, int n) {
+    const __m256 k = _mm256_set1_ps(0.7978845608028654f), c = _mm256_set1_ps(0.044715f);
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 8) {
+        const __m256 v = ld(x + i, n - i);
+        const __m256 inner = _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_mul_ps(c, v),
+                                                              _mm256_mul_ps(v, v), v));
+        const __m256 th = Sleef_tanhf8_u10avx2(inner);
+        st(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, th)), n - i);
+    }
+}
+
+static void gelu_erf(float *x, int n) {
+    const __m256 r2 = _mm256_set1_ps(0.7071067811865476f);
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 8) {
+        const __m256 v = ld(x + i, n - i);
+        const __m256 e = Sleef_erff8_u10avx2(_mm256_mul_ps(v, r2));
+        st(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e)), n - i);
+    }
+}
+
+static void swiglu(float *out, const float *gate, const float *up, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < n; i += 8) {
+        const int m = n - i;
+        const __m256 g = ld(gate + i, m);
+        const __m256 e = Sleef_expf8_u10avx2(_mm256_xor_ps(g, neg)); /* exp(-g) */
+        const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        st(out + i, _mm256_mul_ps(silu, ld(up + i, m)), m);
+    }
+}
+
+void lp_avx2_rope(float *x, int n_heads, int head_dim, int rot_dim, const float *cs,
+                  const float *sn, int neox) {
+    const int half = rot_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim; // (head_dim)
+        if (neox) { /* pairs (i, i+half): plain elementwise on two halves */
+            for (int i = 0; i < half; i += 8) {
+                const int m = half - i;
+                const __m256 a = ld(v + i, m), b = ld(v + half + i, m);
+                const __m256 c = ld(cs + i, m), s = ld(sn + i, m);
+                st(v + i, _mm256_fmsub_ps(a, c, _mm256_mul_ps(b, s)), m);
+                st(v + half + i, _mm256_fmadd_ps(a, s, _mm256_mul_ps(b, c)), m);
+            }
+            continue;
+        }
+        /* pairs (2i, 2i+1): 4 pairs per vector; even lanes a*c - b*s,
+         * odd lanes b*c + a*s, which is fmaddsub(v, c, swap(v) * s) */
+        const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        int i = 0;
+        for (; i + 4 <= half; i += 4) {
+            const __m256 vv = _mm256_loadu_ps(v + 2 * i);
+            const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cs + i)), dup);
+            const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sn + i)), dup);
+            const __m256 sw = _mm256_permute_ps(vv, 0xB1);
+            _mm256_storeu_ps(v + 2 * i, _mm256_fmaddsub_ps(vv, c, _mm256_mul_ps(sw, s)));
+        }
+        for (; i < half; i++) {
+            const float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * cs[i] - b * sn[i];
+            v[2 * i + 1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+void lp_avx2_add(float *y, const float *x, int n) {
+    for (int i = 0; i < n; i += 8) st(y + i, _mm256_add_ps(ld(y + i, n - i), ld(x + i, n - i)), n - i);
+}
+
+void lp_avx2_f16_to_f32(const uint16_t *x, float *y, int n) {
+    for (int i = 0; i < n; i += 8) st(y + i, ld_h(x + i, n - i), n - i);
+}
+
+void lp_avx2_f32_to_f16(const float *x, uint16_t *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) {
+        uint16_t buf[8];
+        _mm_storeu_si128((__m128i *)buf, _mm256_cvtps_ph(ld(x + i, n - i), _MM_FROUND_TO_NEAREST_INT));
+        memcpy(y + i, buf, (size_t)(n - i) * sizeof *y);
+    }
+}
+
+/* ------------------------------------------------------------ attention */
+
+/* dot(q, k) and out += p * v over head_dim, for f32 or f16 caches; F16 is
+ * a constant at each call so the type test disappears from the loop. */
+LP_INLINE __m256 ld_kv(const void *base, size_t idx, int m, const int F16) {
+    return F16 ? ld_h((const uint16_t *)base + idx, m) : ld((const float *)base + idx, m);
+}
+
+LP_INLINE void attn_head(const lp_attn_args *a, int h, const int F16) {
+    const int hd = a->head_dim;
+    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
+    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
+    const size_t kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
+    float *score = a->scratch; // (pos0+T)
+    for (int t = 0; t < a->T; t++) {
+        const int n_keys = a->pos0 + t + 1;
+        const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)
+        for (int j = 0; j < n_keys; j++) {
+            __m256 s = _mm256_setzero_ps();
+            for (int i = 0; i < hd; i += 8)
+                s = _mm256_fmadd_ps(ld(q + i, hd - i), ld_kv(a->k, j * kv_ld + kv_off + i, hd - i, F16), s);
+            score[j] = hsum8(s) * a->scale;
+        }
+        softmax(score, n_keys);
+        float *out = a->out + t * q_ld + (size_t)h * hd; // (hd)
+        for (int i = 0; i < hd; i += 8) {
+            const int m = hd - i;
+            __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();
+            int j = 0;
+            for (; j + 2 <= n_keys; j += 2) {
+                o0 = _mm256_fmadd_ps(_mm256_set1_ps(score[j]), ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), o0);
+                o1 = _mm256_fmadd_ps(_mm256_set1_ps(score[j + 1]), ld_kv(a->v, (j + 1) * kv_ld + kv_off + i, m, F16), o1);
+            }
+            if (j < n_keys)
+                o0 = _mm256_fmadd_ps(_mm256_set1_ps(score[j]), ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), o0);
+            st(out + i, _mm256_add_ps(o0, o1), m);
+        }
+        if (a->probs) {
+            float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
+            memcpy(p, score, (size_t)n_keys * sizeof *p);
+            memset(p + n_keys, 0, (size_t)(a->probs_ld - n_keys) * sizeof *p);
+        }
+    }
+}
+
+void lp_avx2_attention(const lp_attn_args *a, int h0, int h1) {
+    for (int h = h0; h < h1; h++) {
+        if (a->kv_type == LP_F16) attn_head(a, h, 1);
+        else attn_head(a, h, 0);
+    }
+}
+
+/* ---------------------------------------------------------------- table */
+
+const lp_kernels lp_kernels_avx2 = {
+    .name = "avx2",
+    .gemm_f32 = gemm_f32,
+    .gemm_f16 = gemm_f16,
+    .gemm_q8 = gemm_q8,
+    .quantize_q8 = lp_avx2_quantize_q8,
+    .attention = lp_avx2_attention,
+    .dot_f32 = dot_f32,
+    .rmsnorm = lp_avx2_rmsnorm,
+    .layernorm = lp_avx2_layernorm,
+    .softmax = softmax,
+    .gelu_tanh = gelu_tanh,
+    .gelu_erf = gelu_erf,
+    .swiglu = swiglu,
+    .rope = lp_avx2_rope,
+    .add = lp_avx2_add,
+    .f16_to_f32 = lp_avx2_f16_to_f32,
+    .f32_to_f16 = lp_avx2_f32_to_f16,
+};

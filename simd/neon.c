@@ -1,0 +1,421 @@
+/*
+ * neon.c — kernels for AArch64 Advanced SIMD (every armv8-a CPU).
+ *
+ * The file is compiled for baseline armv8-a. The one kernel that needs the
+ * armv8.2 dot-product extension (sdot, for the int8 matmul) is compiled
+ * for it alone through a target pragma and lives in a second table,
+ * lp_kernels_neon_dot, which dispatch.c picks only when getauxval(AT_HWCAP)
+ * reports ASIMDDP. fp16 <-> fp32 conversion (fcvtl/fcvtn) is baseline.
+ *
+ * NEON has no masked loads: tails go through a small zero-padded buffer.
+ */
+#include <arm_neon.h>
+#include <math.h>
+#include <sleef.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#define LP_INLINE static inline __attribute__((always_inline))
+/* Loops over the TT tokens / RT rows of a tile: constant trip counts, fully
+ * unrolled so that acc[][] stays in registers. */
+#define for_tokens(a) _Pragma("GCC unroll 4") for (int a = 0; a < TT; a++)
+#define for_rows(b) _Pragma("GCC unroll 4") for (int b = 0; b < RT; b++)
+
+/* -------------------------------------------------------------- helpers */
+
+/* Loads min(m, 4) floats, zero-filling missing lanes. */
+LP_INLINE float32x4_t ld(const float *p, int m) {
+    if (m >= 4) return vld1q_f32(p);
+    float buf[4] = {0};
+    memcpy(buf, p, (size_t)m * sizeof *p);
+    return vld1q_f32(buf);
+}
+
+LP_INLINE void st(float *p, float32x4_t v, int m) {
+    if (m >= 4) {
+        vst1q_f32(p, v);
+        return;
+    }
+    float buf[4];
+    vst1q_f32(buf, v);
+    memcpy(p, buf, (size_t)m * sizeof *p);
+}
+
+LP_INLINE float32x4_t ld_h(const uint16_t *p, int m) {
+    if (m >= 4) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+    uint16_t buf[4] = {0};
+    memcpy(buf, p, (size_t)m * sizeof *p);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(buf)));
+}
+
+/* fp16 block scale to float with one fcvt (baseline armv8-a). */
+LP_INLINE float h2f(uint16_t bits) {
+    __fp16 h;
+    memcpy(&h, &bits, sizeof h);
+    return (float)h;
+}
+
+/* ------------------------------------------------------ gemm f32 / f16 */
+
+/* acc[a][b] += x[a][i, i+m) * w[b][i, i+m); m = 4 is the constant
+ * full-vector case. TT, RT and F16 are constants at every call site. */
+LP_INLINE void gemm_step(const int TT, const int RT, const int F16, const float *const *x,
+                         const void *const *w, int i, int m, float32x4_t acc[4][4]) {
+    float32x4_t wv[4];
+    for_rows(b) wv[b] = F16 ? ld_h((const uint16_t *)w[b] + i, m) : ld((const float *)w[b] + i, m);
+    for_tokens(a) {
+        const float32x4_t xv = ld(x[a] + i, m);
+        for_rows(b) acc[a][b] = vfmaq_f32(acc[a][b], xv, wv[b]);
+    }
+}
+
+/* 4 tokens x 4 rows = 16 accumulators of the 32 vector registers. */
+LP_INLINE void gemm_tile(const int TT, const int RT, const int F16, int n_in, const float *X,
+                         const void *W, float *Y, int ldy, int t0, int r0) {
+    float32x4_t acc[4][4];
+    const float *x[4];
+    const void *w[4];
+    const size_t esize = F16 ? sizeof(uint16_t) : sizeof(float);
+    for_tokens(a) x[a] = X + (size_t)(t0 + a) * n_in;
+    for_rows(b) w[b] = (const char *)W + (size_t)(r0 + b) * n_in * esize;
+    for_tokens(a)
+        for_rows(b) acc[a][b] = vdupq_n_f32(0.0f);
+    int i = 0;
+    for (; i + 4 <= n_in; i += 4) gemm_step(TT, RT, F16, x, w, i, 4, acc);
+    if (i < n_in) gemm_step(TT, RT, F16, x, w, i, n_in - i, acc);
+    for_tokens(a)
+        for_rows(b) Y[(size_t)(t0 + a) * ldy + r0 + b] = vaddvq_f32(acc[a][b]);
+}
+
+/* Rows outer, tokens inner: a tile's weight rows stay in cache while all
+ * tokens pass over them; with T = 1 each row is streamed once. */
+LP_INLINE void gemm_rows(const int F16, int T, int n_in, const float *X, const void *W,
+                         float *Y, int ldy, int r0, int r1) {
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        int t = 0;
+        for (; t + 4 <= T; t += 4) gemm_tile(4, 4, F16, n_in, X, W, Y, ldy, t, r);
+        for (; t < T; t++) gemm_tile(1, 4, F16, n_in, X, W, Y, ldy, t, r);
+    }
+    for (; r < r1; r++) {
+        int t = 0;
+        for (; t + 4 <= T; t += 4) gemm_tile(4, 1, F16, n_in, X, W, Y, ldy, t, r);
+        for (; t < T; t++) gemm_tile(1, 1, F16, n_in, X, W, Y, ldy, t, r);
+    }
+}
+
+static void gemm_f32(int T, int n_in, const float *X, const float *W, float *Y,
+                     int ldy, int r0, int r1) {
+    gemm_rows(0, T, n_in, X, W, Y, ldy, r0, r1);
+}
+
+static void gemm_f16(int T, int n_in, const float *X, const uint16_t *W, float *Y,
+                     int ldy, int r0, int r1) {
+    gemm_rows(1, T, n_in, X, W, Y, ldy, r0, r1);
+}
+
+/* -------------------------------------------------------------- gemm q8 */
+
+/* The int8 matmul, in two versions sharing this tile: DOT = 1 uses sdot
+ * (armv8.2 dotprod), DOT = 0 widening multiplies (smull/smlal2 into int16,
+ * exact because |x|,|w| <= 127 keep a pair of products below 2^15, then
+ * sadalp into int32). Each block's 4 int32 lanes are converted to float and
+ * scaled by dx * dw. */
+#define Q8_TILE(NAME, DOT_EXPR)                                                             \
+    LP_INLINE void NAME(const int TT, const int RT, int nb, const lp_block_q8 *X,          \
+                        const lp_block_q8 *W, float *Y, int ldy, int t0, int r0) {          \
+        float32x4_t acc[4][4];                                                              \
+        const lp_block_q8 *x[4], *w[4];                                                     \
+        for_tokens(a) x[a] = X + (size_t)(t0 + a) * nb;                                     \
+        for_rows(b) w[b] = W + (size_t)(r0 + b) * nb;                                       \
+        for_tokens(a) for_rows(b) acc[a][b] = vdupq_n_f32(0.0f);                            \
+        for (int k = 0; k < nb; k++) {                                                      \
+            int8x16_t w0[4], w1[4];                                                         \
+            float dw[4];                                                                    \
+            for_rows(b) {                                                                   \
+                w0[b] = vld1q_s8(w[b][k].qs);                                               \
+                w1[b] = vld1q_s8(w[b][k].qs + 16);                                          \
+                dw[b] = h2f(w[b][k].d);                                                     \
+            }                                                                               \
+            for_tokens(a) {                                                                 \
+                const int8x16_t x0 = vld1q_s8(x[a][k].qs), x1 = vld1q_s8(x[a][k].qs + 16);  \
+                const float dx = h2f(x[a][k].d);                                            \
+                for_rows(b) {                                                               \
+                    const int32x4_t is = DOT_EXPR(x0, x1, w0[b], w1[b]);                    \
+                    acc[a][b] = vfmaq_n_f32(acc[a][b], vcvtq_f32_s32(is), dx * dw[b]);      \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for_tokens(a) for_rows(b) Y[(size_t)(t0 + a) * ldy + r0 + b] = vaddvq_f32(acc[a][b]); \
+    }
+
+/* Tile choice: 2 tokens x 4 rows keeps 8 accumulators + 8 weight vectors
+ * in registers; T = 1 (decode) streams 4 rows at a time. */
+#define Q8_GEMM(NAME, TILE)                                                                 \
+    static void NAME(int T, int n_in, const lp_block_q8 *Xq, const lp_block_q8 *W,          \
+                     float *Y, int ldy, int r0, int r1) {                                   \
+        const int nb = n_in / LP_QK8;                                                       \
+        int r = r0;                                                                         \
+        for (; r + 4 <= r1; r += 4) {                                                       \
+            int t = 0;                                                                      \
+            for (; t + 2 <= T; t += 2) TILE(2, 4, nb, Xq, W, Y, ldy, t, r);                 \
+            for (; t < T; t++) TILE(1, 4, nb, Xq, W, Y, ldy, t, r);                         \
+        }                                                                                   \
+        for (; r < r1; r++)                                                                 \
+            for (int t = 0; t < T; t++) TILE(1, 1, nb, Xq, W, Y, ldy, t, r);                \
+    }
+
+LP_INLINE int32x4_t dot_widen(int8x16_t x0, int8x16_t x1, int8x16_t w0, int8x16_t w1) {
+    const int16x8_t p0 = vmlal_high_s8(vmull_s8(vget_low_s8(x0), vget_low_s8(w0)), x0, w0);
+    const int16x8_t p1 = vmlal_high_s8(vmull_s8(vget_low_s8(x1), vget_low_s8(w1)), x1, w1);
+    return vpadalq_s16(vpaddlq_s16(p0), p1);
+}
+
+Q8_TILE(q8_tile_widen, dot_widen)
+Q8_GEMM(gemm_q8, q8_tile_widen)
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+LP_INLINE int32x4_t dot_sdot(int8x16_t x0, int8x16_t x1, int8x16_t w0, int8x16_t w1) {
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), x0, w0), x1, w1);
+}
+
+Q8_TILE(q8_tile_sdot, dot_sdot)
+Q8_GEMM(gemm_q8_sdot, q8_tile_sdot)
+#pragma GCC pop_options
+
+/* Bit-identical to the scalar quantizer: same fp32 d and x * (1/d);
+ * fcvtas rounds to nearest with ties away from zero, as roundf. */
+static void quantize_q8(const float *x, lp_block_q8 *y, int n) {
+    for (int k = 0; k < n / LP_QK8; k++) {
+        const float *xb = x + (size_t)k * LP_QK8; // (32)
+        float32x4_t v[8], amax = vdupq_n_f32(0.0f);
+        for (int j = 0; j < 8; j++) {
+            v[j] = vld1q_f32(xb + 4 * j);
+            amax = vmaxq_f32(amax, vabsq_f32(v[j]));
+        }
+        const float d = vmaxvq_f32(amax) / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[k].d = lp_f32_to_f16(d);
+        for (int j = 0; j < 8; j += 2) {
+            const int32x4_t q0 = vcvtaq_s32_f32(vmulq_n_f32(v[j], id));
+            const int32x4_t q1 = vcvtaq_s32_f32(vmulq_n_f32(v[j + 1], id));
+            const int16x8_t q16 = vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1));
+            vst1_s8(y[k].qs + 4 * j, vqmovn_s16(q16));
+        }
+    }
+}
+
+/* ----------------------------------------------------------- vector ops */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0), s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        s2 = vfmaq_f32(s2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        s3 = vfmaq_f32(s3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+    }
+    for (; i < n; i += 4) s0 = vfmaq_f32(s0, ld(a + i, n - i), ld(b + i, n - i));
+    return vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float32x4_t ss = vdupq_n_f32(0);
+    for (int i = 0; i < n; i += 4) {
+        const float32x4_t v = ld(x + i, n - i);
+        ss = vfmaq_f32(ss, v, v);
+    }
+    const float inv = 1.0f / sqrtf(vaddvq_f32(ss) / (float)n + eps);
+    for (int i = 0; i < n; i += 4)
+        st(out + i, vmulq_f32(vmulq_n_f32(ld(x + i, n - i), inv), ld(w + i, n - i)), n - i);
+}
+
+static void layernorm(float *out, const float *x, const float *w, const float *b, int n,
+                      float eps) {
+    float32x4_t s = vdupq_n_f32(0);
+    for (int i = 0; i < n; i += 4) s = vaddq_f32(s, ld(x + i, n - i));
+    const float mean = vaddvq_f32(s) / (float)n;
+    const float32x4_t mv = vdupq_n_f32(mean);
+    float var = 0.0f;
+    int i = 0;
+    float32x4_t vv = vdupq_n_f32(0);
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t dv = vsubq_f32(vld1q_f32(x + i), mv);
+        vv = vfmaq_f32(vv, dv, dv);
+    }
+    var = vaddvq_f32(vv);
+    for (; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float inv = 1.0f / sqrtf(var / (float)n + eps);
+    for (i = 0; i < n; i += 4) {
+        const int m = n - i;
+        float32x4_t y = vmulq_f32(vmulq_n_f32(vsubq_f32(ld(x + i, m), mv), inv), ld(w + i, m));
+        if (b) y = vaddq_f32(y, ld(b + i, m));
+        st(out + i, y, m);
+    }
+}
+
+static void softmax(float *x, int n) {
+    float mx = -INFINITY;
+    int i = 0;
+    float32x4_t mv = vdupq_n_f32(-INFINITY);
+    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
+    mx = vmaxvq_f32(mv);
+    for (; i < n; i++) mx = fmaxf(mx, x[i]);
+    float32x4_t sum = vdupq_n_f32(0);
+    const float32x4_t maxv = vdupq_n_f32(mx);
+    for (i = 0; i < n; i += 4) {
+        const int m = n - i;
+        float32x4_t e = Sleef_expf4_u10advsimd(vsubq_f32(ld(x + i, m), maxv));
+        st(x + i, e, m);
+        if (m < 4) { /* missing lanes held exp(0 - max): drop them */
+            float buf[4] = {0};
+            memcpy(buf, x + i, (size_t)m * sizeof *x);
+            e = vld1q_f32(buf);
+        }
+        sum = vaddq_f32(sum, e);
+    }
+    const float inv = 1.0f / vaddvq_f32(sum);
+    for (i = 0; i < n; i += 4) st(x + i, vmulq_n_f32(ld(x + i, n - i), inv), n - i);
+}
+
+static void gelu_tanh(float *x, int n) {
+    for (int i = 0; i < n; i += 4) {
+        const float32x4_t v = ld(x + i, n - i);
+        const float32x4_t inner = vmulq_n_f32(
+            vfmaq_f32(v, vmulq_n_f32(v, 0.044715f), vmulq_f32(v, v)), 0.7978845608028654f);
+        const float32x4_t th = Sleef_tanhf4_u10advsimd(inner);
+        st(x + i, vmulq_f32(vmulq_n_f32(v, 0.5f), vaddq_f32(vdupq_n_f32(1.0f), th)), n - i);
+    }
+}
+
+static void gelu_erf(float *x, int n) {
+    for (int i = 0; i < n; i += 4) {
+        const float32x4_t v = ld(x + i, n - i);
+        const float32x4_t e = Sleef_erff4_u10advsimd(vmulq_n_f32(v, 0.7071067811865476f));
+        st(x + i, vmulq_f32(vmulq_n_f32(v, 0.5f), vaddq_f32(vdupq_n_f32(1.0f), e)), n - i);
+    }
+}
+
+static void swiglu(float *out, const float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i += 4) {
+        const int m = n - i;
+        const float32x4_t g = ld(gate + i, m);
+        const float32x4_t e = Sleef_expf4_u10advsimd(vnegq_f32(g));
+        const float32x4_t silu = vdivq_f32(g, vaddq_f32(vdupq_n_f32(1.0f), e));
+        st(out + i, vmulq_f32(silu, ld(up + i, m)), m);
+    }
+}
+
+static void rope(float *x, int n_heads, int head_dim, int rot_dim, const float *cs,
+                 const float *sn, int neox) {
+    const int half = rot_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim; // (head_dim)
+        int i = 0;
+        for (; i + 4 <= half; i += 4) {
+            const float32x4_t c = vld1q_f32(cs + i), s = vld1q_f32(sn + i);
+            /* neox: pairs (i, i+half); else (2i, 2i+1), split by ld2/st2 */
+            float32x4x2_t p;
+            if (neox) p.val[0] = vld1q_f32(v + i), p.val[1] = vld1q_f32(v + half + i);
+            else p = vld2q_f32(v + 2 * i);
+            const float32x4_t a = p.val[0], b = p.val[1];
+            p.val[0] = vfmsq_f32(vmulq_f32(a, c), b, s);
+            p.val[1] = vfmaq_f32(vmulq_f32(b, c), a, s);
+            if (neox) vst1q_f32(v + i, p.val[0]), vst1q_f32(v + half + i, p.val[1]);
+            else vst2q_f32(v + 2 * i, p);
+        }
+        for (; i < half; i++) {
+            const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+            const float a = v[i0], b = v[i1];
+            v[i0] = a * cs[i] - b * sn[i];
+            v[i1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+static void add(float *y, const float *x, int n) {
+    for (int i = 0; i < n; i += 4) st(y + i, vaddq_f32(ld(y + i, n - i), ld(x + i, n - i)), n - i);
+}
+
+static void f16_to_f32(const uint16_t *x, float *y, int n) {
+    for (int i = 0; i < n; i += 4) st(y + i, ld_h(x + i, n - i), n - i);
+}
+
+static void f32_to_f16(const float *x, uint16_t *y, int n) {
+    for (int i = 0; i < n; i += 4) {
+        const int m = n - i;
+        const uint16x4_t h = vreinterpret_u16_f16(vcvt_f16_f32(ld(x + i, m)));
+        if (m >= 4) {
+            vst1_u16(y + i, h);
+        } else {
+            uint16_t buf[4];
+            vst1_u16(buf, h);
+            memcpy(y + i, buf, (size_t)m * sizeof *y);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ attention */
+
+LP_INLINE float32x4_t ld_kv(const void *base, size_t idx, int m, const int F16) {
+    return F16 ? ld_h((const uint16_t *)base + idx, m) : ld((const float *)base + idx, m);
+}
+
+LP_INLINE void attn_head(const lp_attn_args *a, int h, const int F16) {
+    const int hd = a->head_dim;
+    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
+    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
+    const size_t kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
+    float *score = a->scratch; // (pos0+T)
+    for (int t = 0; t < a->T; t++) {
+        const int n_keys = a->pos0 + t + 1;
+        const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)
+        for (int j = 0; j < n_keys; j++) {
+            float32x4_t s = vdupq_n_f32(0);
+            for (int i = 0; i < hd; i += 4)
+                s = vfmaq_f32(s, ld(q + i, hd - i), ld_kv(a->k, j * kv_ld + kv_off + i, hd - i, F16));
+            score[j] = vaddvq_f32(s) * a->scale;
+        }
+        softmax(score, n_keys);
+        float *out = a->out + t * q_ld + (size_t)h * hd; // (hd)
+        for (int i = 0; i < hd; i += 4) {
+            const int m = hd - i;
+            float32x4_t o0 = vdupq_n_f32(0), o1 = vdupq_n_f32(0);
+            int j = 0;
+            for (; j + 2 <= n_keys; j += 2) {
+                o0 = vfmaq_n_f32(o0, ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), score[j]);
+                o1 = vfmaq_n_f32(o1, ld_kv(a->v, (j + 1) * kv_ld + kv_off + i, m, F16), score[j + 1]);
+            }
+            if (j < n_keys) o0 = vfmaq_n_f32(o0, ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), score[j]);
+            st(out + i, vaddq_f32(o0, o1), m);
+        }
+        if (a->probs) {
+            float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
+            memcpy(p, score, (size_t)n_keys * sizeof *p);
+            memset(p + n_keys, 0, (size_t)(a->probs_ld - n_keys) * sizeof *p);
+        }
+    }
+}
+
+static void attention(const lp_attn_args *a, int h0, int h1) {
+    for (int h = h0; h < h1; h++) {
+        if (a->kv_type == LP_F16) attn_head(a, h, 1);
+        else attn_head(a, h, 0);
+    }
+}
+
+/* --------------------------------------------------------------- tables */
+
+#define NEON_SHARED                                                                         \
+    .name = "neon", .gemm_f32 = gemm_f32, .gemm_f16 = gemm_f16, .quantize_q8 = quantize_q8, \
+    .attention = attention, .dot_f32 = dot_f32, .rmsnorm = rmsnorm, .layernorm = layernorm, \
+    .softmax = softmax, .gelu_tanh = gelu_tanh, .gelu_erf = gelu_erf, .swiglu = swiglu,     \
+    .rope = rope, .add = add, .f16_to_f32 = f16_to_f32, .f32_to_f16 = f32_to_f16
+
+/* armv8-a: runs on every AArch64 CPU. */
+const lp_kernels lp_kernels_neon = {NEON_SHARED, .gemm_q8 = gemm_q8};
+/* Same, with the sdot int8 matmul (HWCAP_ASIMDDP). */
+const lp_kernels lp_kernels_neon_dot = {NEON_SHARED, .gemm_q8 = gemm_q8_sdot};

@@ -1,0 +1,226 @@
+/*
+ * scalar.c — the reference implementation of every kernel in kernels.h.
+ *
+ * Plain C, fp32 accumulation, no intrinsics. Every ISA table is tested
+ * against this one, so it favours obviousness over speed. The int8 path
+ * follows GGUF Q8_0 exactly: per-block int32 dot, then times both fp16
+ * block scales, summed in float.
+ */
+#include "kernels.h"
+
+#include <math.h>
+
+/* ------------------------------------------------------------------ gemm */
+
+static void gemm_f32(int T, int n_in, const float *X, const float *W,
+                     float *Y, int ldy, int r0, int r1) {
+    for (int t = 0; t < T; t++) {
+        const float *x = X + (size_t)t * n_in; // (n_in)
+        for (int r = r0; r < r1; r++) {
+            const float *w = W + (size_t)r * n_in; // (n_in)
+            float acc = 0.0f;
+            for (int i = 0; i < n_in; i++) acc += x[i] * w[i];
+            Y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+static void gemm_f16(int T, int n_in, const float *X, const uint16_t *W,
+                     float *Y, int ldy, int r0, int r1) {
+    for (int t = 0; t < T; t++) {
+        const float *x = X + (size_t)t * n_in; // (n_in)
+        for (int r = r0; r < r1; r++) {
+            const uint16_t *w = W + (size_t)r * n_in; // (n_in) fp16
+            float acc = 0.0f;
+            for (int i = 0; i < n_in; i++) acc += x[i] * lp_f16_to_f32(w[i]);
+            Y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+/* Dot product of two int8 blocks, exact in int32. */
+static int32_t dot_block_q8(const lp_block_q8 *a, const lp_block_q8 *b) {
+    int32_t s = 0;
+    for (int j = 0; j < LP_QK8; j++) s += (int32_t)a->qs[j] * (int32_t)b->qs[j];
+    return s;
+}
+
+static void gemm_q8(int T, int n_in, const lp_block_q8 *Xq,
+                    const lp_block_q8 *W, float *Y, int ldy, int r0, int r1) {
+    const int nb = n_in / LP_QK8;
+    for (int t = 0; t < T; t++) {
+        const lp_block_q8 *x = Xq + (size_t)t * nb; // (nb)
+        for (int r = r0; r < r1; r++) {
+            const lp_block_q8 *w = W + (size_t)r * nb; // (nb)
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++)
+                acc += (float)dot_block_q8(&x[b], &w[b]) *
+                       (lp_f16_to_f32(x[b].d) * lp_f16_to_f32(w[b].d));
+            Y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+/* Scale d = max|x| / 127 stored as fp16; the values are divided by the
+ * fp32 d (as multiplication by 1/d, like GGUF's reference quantizer) and
+ * rounded half away from zero. */
+static void quantize_q8(const float *x, lp_block_q8 *y, int n) {
+    for (int b = 0; b < n / LP_QK8; b++) {
+        const float *xb = x + (size_t)b * LP_QK8; // (32)
+        float amax = 0.0f;
+        for (int j = 0; j < LP_QK8; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = lp_f32_to_f16(d);
+        for (int j = 0; j < LP_QK8; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+    }
+}
+
+/* ------------------------------------------------------------- attention */
+
+/* Element j of a row of a KV cache of type kv_type. */
+static float kv_at(const void *base, lp_dtype type, size_t idx) {
+    if (type == LP_F16) return lp_f16_to_f32(((const uint16_t *)base)[idx]);
+    return ((const float *)base)[idx];
+}
+
+static void softmax(float *x, int n);
+
+static void attention(const lp_attn_args *a, int h0, int h1) {
+    const int hd = a->head_dim;
+    const int group = a->n_heads / a->n_kv_heads;
+    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
+    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
+    float *score = a->scratch;                        // (pos0+T)
+    for (int h = h0; h < h1; h++) {
+        const size_t kv_off = (size_t)(h / group) * hd;
+        for (int t = 0; t < a->T; t++) {
+            const int n_keys = a->pos0 + t + 1; // causal: keys 0..own position
+            const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)
+            for (int j = 0; j < n_keys; j++) {
+                float s = 0.0f;
+                for (int i = 0; i < hd; i++)
+                    s += q[i] * kv_at(a->k, a->kv_type, j * kv_ld + kv_off + i);
+                score[j] = s * a->scale;
+            }
+            softmax(score, n_keys);
+            float *out = a->out + t * q_ld + (size_t)h * hd; // (hd)
+            for (int i = 0; i < hd; i++) out[i] = 0.0f;
+            for (int j = 0; j < n_keys; j++)
+                for (int i = 0; i < hd; i++)
+                    out[i] += score[j] * kv_at(a->v, a->kv_type, j * kv_ld + kv_off + i);
+            if (a->probs) {
+                float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
+                for (int j = 0; j < a->probs_ld; j++) p[j] = j < n_keys ? score[j] : 0.0f;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------ vector ops */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+/* Biased variance (divide by n), as torch.nn.LayerNorm. b may be NULL. */
+static void layernorm(float *out, const float *x, const float *w,
+                      const float *b, int n, float eps) {
+    float mean = 0.0f;
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= (float)n;
+    float var = 0.0f;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (float)n;
+    const float inv = 1.0f / sqrtf(var + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = (x[i] - mean) * inv * w[i] + (b ? b[i] : 0.0f);
+}
+
+static void softmax(float *x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = fmaxf(max, x[i]);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+static void gelu_tanh(float *x, int n) {
+    const float k = 0.7978845608028654f; // sqrt(2/pi)
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+static void gelu_erf(float *x, int n) {
+    for (int i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+}
+
+static void swiglu(float *out, const float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++)
+        out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+static void rope(float *x, int n_heads, int head_dim, int rot_dim,
+                 const float *cs, const float *sn, int neox) {
+    const int half = rot_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim; // (head_dim)
+        for (int i = 0; i < half; i++) {
+            const int i0 = neox ? i : 2 * i;
+            const int i1 = neox ? i + half : 2 * i + 1;
+            const float a = v[i0], b = v[i1];
+            v[i0] = a * cs[i] - b * sn[i];
+            v[i1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+static void add(float *y, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void f16_to_f32(const uint16_t *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = lp_f16_to_f32(x[i]);
+}
+
+static void f32_to_f16(const float *x, uint16_t *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = lp_f32_to_f16(x[i]);
+}
+
+/* ----------------------------------------------------------------- table */
+
+const lp_kernels lp_kernels_scalar = {
+    .name = "scalar",
+    .gemm_f32 = gemm_f32,
+    .gemm_f16 = gemm_f16,
+    .gemm_q8 = gemm_q8,
+    .quantize_q8 = quantize_q8,
+    .attention = attention,
+    .dot_f32 = dot_f32,
+    .rmsnorm = rmsnorm,
+    .layernorm = layernorm,
+    .softmax = softmax,
+    .gelu_tanh = gelu_tanh,
+    .gelu_erf = gelu_erf,
+    .swiglu = swiglu,
+    .rope = rope,
+    .add = add,
+    .f16_to_f32 = f16_to_f32,
+    .f32_to_f16 = f32_to_f16,
+};

@@ -1,0 +1,189 @@
+/*
+ * test_reference.c — loupe's logits against an independent numpy reference.
+ *
+ * For each synthetic checkpoint variant (tests/ref/synth.py: GPT-2 with both
+ * GELUs, tied and untied heads; Llama with GQA/MQA, llama3 and linear RoPE
+ * scaling, rope_theta 5e5; Qwen2 q/k/v biases; Mistral; F32/F16/BF16 weights;
+ * single-file and sharded safetensors), the test
+ *   1. writes the checkpoint into the scratch dir,
+ *   2. runs tests/ref/reference.py (float64 numpy forward pass) on 12
+ *      pseudo-random token ids,
+ *   3. runs tool_logits on the same ids: one batched prefill under every
+ *      kernel table this CPU can run, and token by token through the KV cache,
+ *   4. asserts, at EVERY position t:
+ *          max_v |c[t,v] - ref[t,v]| <= 1e-4 * max(1, max_v |ref[t,v]|)
+ *      i.e. an absolute error of 1e-4 for logits up to 1, relative to the
+ *      position's largest logit beyond that.
+ * A first test proves the reference itself on real trained models
+ * (tests/ref/selfcheck.py: slm-gpt2-char greedy.json and stories260K's
+ * llama2.c greedy output), so the reference is not just "what loupe does".
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "loupe.h"
+#include "testutil.h"
+
+#define N_IDS 12
+#define VOCAB 300      /* synth.py's variant vocabulary size */
+#define REL_TOL 1e-4
+
+static const char *const VARIANTS[] = {
+    "gpt2-tanh",   "gpt2-erf-untied", "llama-gqa",        "llama3-rope",
+    "qwen2-bias",  "mistral",         "llama-linear-mqa",
+};
+#define N_VARIANTS (sizeof VARIANTS / sizeof VARIANTS[0])
+
+static const char *const ISAS[] = {"scalar", "avx2", "avx512", "neon"};
+#define N_ISAS (sizeof ISAS / sizeof ISAS[0])
+
+/* ---------------------------------------------------------------- helpers */
+
+/* snprintf that fails the test instead of truncating. */
+static void fmt(char *buf, size_t cap, const char *f, ...) __attribute__((format(printf, 3, 4)));
+static void fmt(char *buf, size_t cap, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(buf, cap, f, ap);
+    va_end(ap);
+    assert_true(n >= 0 && (size_t)n < cap);
+}
+
+static const char *tool_path(void) {
+    static char buf[4096];
+    const char *bin = getenv("LOUPE_BIN");
+    fmt(buf, sizeof buf, "%s/tests/tool_logits", bin && *bin ? bin : ".");
+    return buf;
+}
+
+/* N_IDS ids in [0, VOCAB) from a 64-bit LCG, as "a b c ..." */
+static void make_ids(unsigned seed, char *out, size_t cap) {
+    uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
+    size_t len = 0;
+    out[0] = 0;
+    for (int i = 0; i < N_IDS; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int id = (int)((x >> 33) % VOCAB);
+        len += (size_t)snprintf(out + len, cap - len, "%s%d", i ? " " : "", id);
+    }
+}
+
+static float *read_f32(const char *path, size_t *n) {
+    size_t bytes = 0;
+    char *raw = tu_read_file(path, &bytes);
+    if (!raw) return NULL;
+    *n = bytes / sizeof(float);
+    return (float *)raw;
+}
+
+typedef struct {
+    double worst_ratio; /* max over positions of err / tolerance */
+    double worst_err;   /* max absolute difference anywhere */
+    int bad_pos;        /* first position over tolerance, -1 if none */
+} cmp_result;
+
+/* c, ref: (N_IDS, VOCAB) */
+static cmp_result compare(const float *c, const float *ref) {
+    cmp_result r = {0, 0, -1};
+    for (int t = 0; t < N_IDS; t++) {
+        double err = 0, big = 1;
+        for (int v = 0; v < VOCAB; v++) {
+            double a = c[t * VOCAB + v], b = ref[t * VOCAB + v];
+            double d = isfinite(a) ? fabs(a - b) : INFINITY;
+            if (d > err) err = d;
+            if (fabs(b) > big) big = fabs(b);
+        }
+        double ratio = err / (REL_TOL * big);
+        if (ratio > r.worst_ratio) r.worst_ratio = ratio;
+        if (err > r.worst_err) r.worst_err = err;
+        if (ratio > 1 && r.bad_pos < 0) r.bad_pos = t;
+    }
+    return r;
+}
+
+/* Runs tool_logits with flags and checks its output against ref.
+ * Returns 0 ok, 3 if the ISA is unavailable; fails the test otherwise. */
+static int check_tool(const char *variant, const char *dir, const char *ids,
+                      const char *flags, const char *label, const float *ref) {
+    char out[4096];
+    fmt(out, sizeof out, "%s.%s.f32", dir, label);
+    for (char *p = out + strlen(dir); *p; p++)
+        if (*p == '/') *p = '_';
+    int rc = tu_system("'%s' %s '%s' '%s' %s", tool_path(), flags, dir, out, ids);
+    if (rc == 3) return 3;
+    if (rc != 0) fail_msg("%s [%s]: tool_logits exited %d", variant, label, rc);
+    size_t n = 0;
+    float *c = read_f32(out, &n);
+    assert_non_null(c);
+    if (n != (size_t)N_IDS * VOCAB) {
+        free(c);
+        fail_msg("%s [%s]: %zu logits, expected %d x %d", variant, label, n, N_IDS, VOCAB);
+    }
+    cmp_result r = compare(c, ref);
+    free(c);
+    print_message("%-17s %-22s max|diff| %.3g, worst position at %.4f of tolerance\n",
+                  variant, label, r.worst_err, r.worst_ratio);
+    if (r.bad_pos >= 0)
+        fail_msg("%s [%s]: position %d differs from the reference by more than "
+                 "1e-4 * max(1, max|ref|) (worst ratio %.3g)",
+                 variant, label, r.bad_pos, r.worst_ratio);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_reference_selfcheck(void **state) {
+    (void)state;
+    int rc = tu_system("'%s' '%s' '%s'", tu_python(), tu_src("tests/ref/selfcheck.py"),
+                       tu_tmp("reference/selfcheck"));
+    assert_int_equal(rc, 0);
+}
+
+static void test_variant(void **state) {
+    const char *variant = *state;
+    unsigned idx = 0;
+    while (strcmp(VARIANTS[idx], variant) != 0) idx++;
+
+    char dir[4096], ref_path[4096], ids[N_IDS * 8];
+    mkdir(tu_tmp("reference"), 0755);
+    fmt(dir, sizeof dir, "%s/%s", tu_tmp("reference"), variant);
+    fmt(ref_path, sizeof ref_path, "%s.ref.f32", dir);
+    make_ids(idx, ids, sizeof ids);
+
+    assert_int_equal(tu_system("'%s' '%s' --variant %s --out '%s'", tu_python(),
+                               tu_src("tests/ref/synth.py"), variant, dir), 0);
+    assert_int_equal(tu_system("'%s' '%s' logits '%s' '%s' --ids '%s'", tu_python(),
+                               tu_src("tests/ref/reference.py"), dir, ref_path, ids), 0);
+    size_t n = 0;
+    float *ref = read_f32(ref_path, &n);
+    assert_non_null(ref);
+    assert_int_equal(n, (size_t)N_IDS * VOCAB);
+
+    int n_run = 0;
+    for (size_t i = 0; i < N_ISAS; i++) {
+        char flags[64], label[64];
+        fmt(flags, sizeof flags, "--isa %s", ISAS[i]);
+        fmt(label, sizeof label, "prefill/%s", ISAS[i]);
+        if (check_tool(variant, dir, ids, flags, label, ref) == 0) n_run++;
+        fmt(flags, sizeof flags, "--isa %s --one-at-a-time", ISAS[i]);
+        fmt(label, sizeof label, "one-at-a-time/%s", ISAS[i]);
+        check_tool(variant, dir, ids, flags, label, ref);
+    }
+    free(ref);
+    assert_true(n_run >= 1); /* at least the scalar table always runs */
+}
+
+int main(void) {
+    struct CMUnitTest tests[1 + N_VARIANTS];
+    tests[0] = (struct CMUnitTest)cmocka_unit_test(test_reference_selfcheck);
+    for (size_t i = 0; i < N_VARIANTS; i++) {
+        tests[1 + i] = (struct CMUnitTest)cmocka_unit_test_prestate(test_variant,
+                                                                    (void *)VARIANTS[i]);
+        tests[1 + i].name = VARIANTS[i];
+    }
+    return _cmocka_run_group_tests("reference", tests, 1 + N_VARIANTS, NULL, NULL);
+}
