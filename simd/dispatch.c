@@ -212,7 +212,7 @@ static const char *canonical(const char *name, char *buf, size_t cap) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(const lp_kernels *) g_kern;
-static char g_reason[256]; /* why g_kern was chosen; under g_lock */
+static char g_reason[512]; /* why g_kern was chosen; under g_lock */
 
 static const lp_kernels *best_table(void) {
     char miss[256];
@@ -224,12 +224,8 @@ static const lp_kernels *best_table(void) {
     return &lp_kernels_scalar;
 }
 
-static void init_once(void) {
-#ifdef LP_X86
-    detect_x86(&g_cpu);
-#elif defined(LP_ARM)
-    detect_arm(&g_cpu);
-#endif
+/* Chooses the table from the features found and LOUPE_ISA. */
+static void choose_table(void) {
     const lp_kernels *best = best_table();
     const char *env = getenv("LOUPE_ISA");
     pthread_mutex_lock(&g_lock);
@@ -239,19 +235,33 @@ static void init_once(void) {
         missing_features(name, miss, sizeof miss);
         if (!is_known(name)) {
             snprintf(g_reason, sizeof g_reason,
-                     "LOUPE_ISA=%s rejected (unknown ISA); best available", env);
+                     "LOUPE_ISA=%.32s rejected (unknown ISA); best available", env);
         } else if (miss[0] || !table_of(name)) {
             snprintf(g_reason, sizeof g_reason,
-                     "LOUPE_ISA=%s rejected (missing: %s); best available", env, miss);
+                     "LOUPE_ISA=%.32s rejected (missing: %s); best available", env, miss);
         } else {
             best = table_of(name);
-            snprintf(g_reason, sizeof g_reason, "forced by LOUPE_ISA=%s", env);
+            snprintf(g_reason, sizeof g_reason, "forced by LOUPE_ISA=%.32s", env);
         }
     } else {
         snprintf(g_reason, sizeof g_reason, "best available");
     }
     atomic_store(&g_kern, best);
     pthread_mutex_unlock(&g_lock);
+}
+
+static void init_once(void) {
+#ifdef LP_X86
+    detect_x86(&g_cpu);
+#elif defined(LP_ARM)
+    detect_arm(&g_cpu);
+#endif
+    choose_table();
+}
+
+void lp_kern_reset(void) {
+    pthread_once(&g_once, init_once);
+    choose_table();
 }
 
 const lp_kernels *lp_kern(void) {

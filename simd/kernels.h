@@ -93,5 +93,8 @@ const lp_kernels *lp_kern_get(const char *name);
 const char *const *lp_kern_names(void);
 /* Human-readable CPU feature report and the reason for the choice. */
 size_t lp_cpu_report(char *buf, size_t cap);
+/* Chooses again from the CPU features and LOUPE_ISA, as on first use
+ * (for tests; must not race with kernel calls on other threads). */
+void lp_kern_reset(void);
 
 #endif /* LOUPE_KERNELS_H */

@@ -168,7 +168,7 @@ fi
 # ------------------------------------------------------------ lens
 run lens -m "$CHAR" -p "$PROMPT" -k 2 -o "$TMP/l.json"
 [ "$rc" -eq 0 ] && grep -q "^0 " "$TMP/out" && ok "lens prints a table" || bad "lens prints a table" "$(cat "$TMP/err")"
-check "lens JSON: last layer = the reference model's top-2" "$PY" - "$TMP/l.json" "$TMP/ref/lens.npy" <<'EOF'
+check "lens JSON: every layer's top-2 = the numpy lens" "$PY" - "$TMP/l.json" "$TMP/ref/lens.npy" <<'EOF'
 import sys, json, numpy as np
 d, lens = json.load(open(sys.argv[1])), np.load(sys.argv[2])
 assert d["format"] == "loupe-lens" and d["k"] == 2

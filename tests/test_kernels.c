@@ -11,8 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "loupe.h"
 #include "simd/kernels.h"
@@ -749,27 +747,21 @@ static void test_scalar_attention(void **state) {
 
 /* ------------------------------------------------------------ dispatch */
 
-/* LOUPE_ISA is read on the first lp_kern() call, so each value is tried in
- * a fresh child process forked before this process ever calls lp_kern().
+/* LOUPE_ISA is read on first use; lp_kern_reset() repeats that choice.
  * expect_name NULL means the best runnable table (the first name of
- * lp_kern_names() that lp_kern_get accepts). Returns the child's status. */
-static int child_with_isa(const char *value, const char *expect_name, const char *expect_text) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("LOUPE_ISA", value, 1);
-        const lp_kernels *k = lp_kern();
-        if (!expect_name)
-            for (const char *const *n = lp_kern_names(); *n && !expect_name; n++)
-                if (lp_kern_get(*n)) expect_name = *n;
-        char rep[2048];
-        lp_cpu_report(rep, sizeof rep);
-        int ok = k && strcmp(k->name, expect_name) == 0 && strstr(rep, expect_text) != NULL;
-        if (!ok) fprintf(stderr, "LOUPE_ISA=%s: got %s, report:\n%s", value, k ? k->name : "-", rep);
-        _exit(ok ? 0 : 1);
-    }
-    int st = -1;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+ * lp_kern_names() that lp_kern_get accepts). Returns 0 if as expected. */
+static int choice_with_isa(const char *value, const char *expect_name, const char *expect_text) {
+    setenv("LOUPE_ISA", value, 1);
+    lp_kern_reset();
+    const lp_kernels *k = lp_kern();
+    if (!expect_name)
+        for (const char *const *n = lp_kern_names(); *n && !expect_name; n++)
+            if (lp_kern_get(*n)) expect_name = *n;
+    char rep[2048];
+    lp_cpu_report(rep, sizeof rep);
+    const int ok = k && strcmp(k->name, expect_name) == 0 && strstr(rep, expect_text) != NULL;
+    if (!ok) print_message("LOUPE_ISA=%s: got %s, report:\n%s", value, k ? k->name : "-", rep);
+    return ok ? 0 : 1;
 }
 
 static void assert_table_complete(const lp_kernels *k) {
@@ -784,15 +776,22 @@ static void assert_table_complete(const lp_kernels *k) {
 
 static void test_dispatch(void **state) {
     (void)state;
-    assert_int_equal(child_with_isa("scalar", "scalar", "forced by LOUPE_ISA=scalar"), 0);
-    assert_int_equal(child_with_isa("SCALAR", "scalar", "forced"), 0);
-    assert_int_equal(child_with_isa("bogus", NULL, "LOUPE_ISA=bogus rejected"), 0);
-    assert_int_equal(child_with_isa("", NULL, "best available"), 0);
+    const char *env = getenv("LOUPE_ISA");
+    char saved[64] = "";
+    if (env) snprintf(saved, sizeof saved, "%s", env);
+    assert_int_equal(choice_with_isa("scalar", "scalar", "forced by LOUPE_ISA=scalar"), 0);
+    assert_int_equal(choice_with_isa("SCALAR", "scalar", "forced"), 0);
+    assert_int_equal(choice_with_isa("bogus", NULL, "LOUPE_ISA=bogus rejected"), 0);
+    assert_int_equal(choice_with_isa("", NULL, "best available"), 0);
 #if defined(__x86_64__)
-    assert_int_equal(child_with_isa("neon", NULL, "LOUPE_ISA=neon rejected"), 0);
+    assert_int_equal(choice_with_isa("neon", NULL, "LOUPE_ISA=neon rejected"), 0);
 #else
-    assert_int_equal(child_with_isa("avx2", NULL, "LOUPE_ISA=avx2 rejected"), 0);
+    assert_int_equal(choice_with_isa("avx2", NULL, "LOUPE_ISA=avx2 rejected"), 0);
 #endif
+    if (env) setenv("LOUPE_ISA", saved, 1); /* back to the caller's choice */
+    else unsetenv("LOUPE_ISA");
+    env = env ? saved : NULL;
+    lp_kern_reset();
 
     const char *const *names = lp_kern_names();
     int has_scalar = 0;
@@ -806,6 +805,7 @@ static void test_dispatch(void **state) {
 
     char rep[2048];
     size_t len = loupe_cpu_report(rep, sizeof rep);
+    print_message("%s", rep);
     assert_true(len > 0 && len == strlen(rep));
     assert_non_null(strstr(rep, "chosen: "));
     assert_true(loupe_cpu_report(rep, 10) == 9);
@@ -829,12 +829,14 @@ static void test_dispatch(void **state) {
         assert_ptr_equal(lp_kern(), k);
     }
     assert_int_equal(lp_kern_force("bogus"), -1);
-    assert_int_equal(loupe_set_isa(best), LOUPE_OK);
+    lp_kern_reset(); /* leave the choice LOUPE_ISA (or the CPU) makes */
+    if (!env || !env[0] || !lp_kern_get(env)) assert_string_equal(loupe_isa(), best);
+    else assert_ptr_equal(lp_kern(), lp_kern_get(env));
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dispatch), /* first: children must see an untouched lp_kern() */
+        cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_scalar_f16),
         cmocka_unit_test(test_scalar_math),
         cmocka_unit_test(test_scalar_rope),

@@ -21,7 +21,9 @@
     X(ablate, "ablate heads or patch activations; change in log p")      \
     X(steer, "generate with a vector added to the residual stream")     \
     X(compare, "per-layer attention JS and logit-lens KL of two models") \
-    X(perplexity, "perplexity of a text; KL divergence against a base model")
+    X(bench, "prefill and decode speed, like llama-bench (--json)")      \
+    X(perplexity, "perplexity of a text; KL divergence against a base model") \
+    X(serve, "OpenAI-compatible HTTP server (completions, chat)")
 
 #define LOUPE_DECLARE(name, summary) int cli_##name(int argc, char **argv);
 LOUPE_COMMANDS(LOUPE_DECLARE)

@@ -126,6 +126,10 @@ static const char lp_attn_js[] =
     "document.getElementById('tab-model').className=n=='model'?'on':'';}\n"
     "document.getElementById('tab-head').onclick=function(){tab('head');};\n"
     "document.getElementById('tab-model').onclick=function(){tab('model');};\n"
+    /* #model opens the model view; #head=L.H the head view of one head */
+    "var m=/^#head=(\\d+)\\.(\\d+)$/.exec(location.hash);\n"
+    "if(m){var li=D.layers.indexOf(+m[1]),hi=D.heads.indexOf(+m[2]);if(li>=0&&hi>=0){layer=li;"
+    "sel.value=li;for(var i=0;i<NH;i++){on[i]=i==hi;hs.querySelectorAll('input')[i].checked=on[i];}}}\n"
     "drawHead();drawModel();tab(location.hash=='#model'?'model':'head');\n"
     "})();</script>";
 
@@ -135,7 +139,7 @@ static void lp_html_token_list(lp_sb *b, const loupe_tokens *t) {
     for (int i = 0; i < t->n; i++) {
         lp_sb_printf(b, "<span class=\"tok\" style=\"background:#eef\" title=\"%d: id %d\">", i,
                      t->ids[i]);
-        lp_sb_html_token(b, t->text[i]);
+        lp_sb_html_token(b, t->text[i], 1);
         lp_sb_puts(b, "</span> ");
     }
     lp_sb_puts(b, "</div>");

@@ -302,15 +302,15 @@ char *loupe_attribution_html(const loupe_attribution *a, const char *title) {
         lp_sb_puts(&b, "<span class=\"tok\" style=\"background:");
         lp_html_signed_colour(&b, v);
         lp_sb_printf(&b, "\" title=\"%d: %.5g\">", i, (double)a->scores[i]);
-        lp_sb_html_token(&b, a->prompt.text[i]);
+        lp_sb_html_token(&b, a->prompt.text[i], 0);
         lp_sb_puts(&b, "</span>");
     }
     lp_sb_puts(&b, "<span class=\"tok\" style=\"border-bottom:2px solid #333\" title=\"target\">");
-    for (int i = 0; i < a->target.n; i++) lp_sb_html_token(&b, a->target.text[i]);
+    for (int i = 0; i < a->target.n; i++) lp_sb_html_token(&b, a->target.text[i], 0);
     lp_sb_puts(&b, "</span></div><table><tr><th>#</th><th>token</th><th>id</th><th>score</th></tr>");
     for (int i = 0; i < a->prompt.n; i++) {
         lp_sb_printf(&b, "<tr><td>%d</td><td><span class=\"tok\">", i);
-        lp_sb_html_token(&b, a->prompt.text[i]);
+        lp_sb_html_token(&b, a->prompt.text[i], 1);
         lp_sb_printf(&b, "</span></td><td>%d</td><td>%.5g</td></tr>", a->prompt.ids[i],
                      (double)a->scores[i]);
     }

@@ -26,8 +26,9 @@ void lp_sb_puts(lp_sb *b, const char *s);
 void lp_sb_printf(lp_sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Text with & < > " ' escaped for HTML text and attribute values. */
 void lp_sb_html(lp_sb *b, const char *s);
-/* A token for display: HTML-escaped, with \n \t \r written as such. */
-void lp_sb_html_token(lp_sb *b, const char *s);
+/* A token for display: HTML-escaped, with \n \t \r written as such and,
+ * if show_space, spaces as U+2423 (a visible open box). */
+void lp_sb_html_token(lp_sb *b, const char *s, int show_space);
 /* JSON text made safe inside an HTML <script> element: '<', '>' and '&'
  * (which only occur inside JSON strings) become \u003c, \u003e, \u0026. */
 void lp_sb_json_for_script(lp_sb *b, const char *json);

@@ -186,7 +186,7 @@ char *loupe_lens_html(const loupe_lens *l, const char *title) {
     for (int t = 0; t < T; t++) {
         lp_sb_printf(&b, "<th title=\"position %d, id %d\"><span class=\"tok\">", t,
                      l->tokens.ids[t]);
-        lp_sb_html_token(&b, l->tokens.text[t]);
+        lp_sb_html_token(&b, l->tokens.text[t], 1);
         lp_sb_puts(&b, "</span></th>");
     }
     lp_sb_puts(&b, "</tr>");
@@ -196,15 +196,16 @@ char *loupe_lens_html(const loupe_lens *l, const char *title) {
             size_t at = ((size_t)i * T + t) * k;
             float p = l->top_probs[at];
             int hit = t + 1 < T && l->top_ids[at] == l->tokens.ids[t + 1];
-            int shade = (int)lrintf(255 - 175 * (p < 0 ? 0 : p > 1 ? 1 : p));
-            lp_sb_printf(&b, "<td style=\"background:rgb(%d,%d,255)%s\" title=\"", shade, shade,
+            float v = p < 0 ? 0 : p > 1 ? 1 : p; /* white to pale blue */
+            lp_sb_printf(&b, "<td style=\"background:rgb(%d,%d,255)%s\" title=\"",
+                         (int)lrintf(255 - 105 * v), (int)lrintf(255 - 85 * v),
                          hit ? ";outline:2px solid #222;outline-offset:-2px" : "");
             for (int j = 0; j < k; j++) {
                 lp_sb_printf(&b, "%s%.3f ", j ? "&#10;" : "", l->top_probs[at + j]);
                 lp_sb_html(&b, l->top_text[at + j]);
             }
             lp_sb_puts(&b, "\"><span class=\"tok\">");
-            lp_sb_html_token(&b, l->top_text[at]);
+            lp_sb_html_token(&b, l->top_text[at], 1);
             lp_sb_puts(&b, "</span></td>");
         }
         lp_sb_puts(&b, "</tr>");

@@ -64,9 +64,10 @@ void lp_sb_html(lp_sb *b, const char *s) {
     }
 }
 
-void lp_sb_html_token(lp_sb *b, const char *s) {
+void lp_sb_html_token(lp_sb *b, const char *s, int show_space) {
     for (; *s; s++) {
-        if (*s == '\n') lp_sb_puts(b, "\\n");
+        if (*s == ' ' && show_space) lp_sb_puts(b, "\xe2\x90\xa3"); /* U+2423 */
+        else if (*s == '\n') lp_sb_puts(b, "\\n");
         else if (*s == '\t') lp_sb_puts(b, "\\t");
         else if (*s == '\r') lp_sb_puts(b, "\\r");
         else {

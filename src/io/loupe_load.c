@@ -109,12 +109,15 @@ static int in_bounds(uint64_t off, uint64_t len, uint64_t size) {
 static loupe_status parse_header(lp_loupe_file *f) {
     const uint8_t *h = f->data;
     const char *P = f->path;
-    if (f->size < 16 || memcmp(h, LOUPE_FILE_MAGIC, LOUPE_MAGIC_LEN) != 0) {
-        if (f->size >= LOUPE_MAGIC_LEN && memcmp(h, LOUPE_FILE_MAGIC, 5) == 0)
+    if (f->size < LOUPE_MAGIC_LEN || memcmp(h, LOUPE_FILE_MAGIC, LOUPE_MAGIC_LEN) != 0) {
+        if (f->size >= 5 && memcmp(h, LOUPE_FILE_MAGIC, 5) == 0)
             return lp_fail(LOUPE_ERR_FORMAT, "%s: damaged .loupe signature (line ends "
                            "rewritten by a text-mode copy?)", P);
         return lp_fail(LOUPE_ERR_FORMAT, "%s: not a .loupe file (bad magic)", P);
     }
+    if (f->size < 16)
+        return lp_fail(LOUPE_ERR_FORMAT, "%s: truncated: %llu bytes, shorter than the header",
+                       P, (unsigned long long)f->size);
     uint32_t mark; /* native order on both sides: tensor data is host-order */
     memcpy(&mark, h + 12, 4);
     if (mark != LOUPE_ENDIAN_MARK)
@@ -220,7 +223,7 @@ static loupe_status parse_meta(lp_loupe_file *f) {
     if (!f->meta) return lp_fail(LOUPE_ERR_NOMEM, "%s: out of memory", f->path);
     for (uint64_t i = 0; i < n; i++) {
         lp_loupe_meta *e = &f->meta[i];
-        if (size - off < 4 || rd32(p + off) > size - off - 4 - 4)
+        if (size - off < 8 || rd32(p + off) > size - off - 8) /* key + type fit */
             return lp_fail(LOUPE_ERR_FORMAT, "%s: metadata entry %llu: key runs past the "
                            "section", f->path, (unsigned long long)i);
         e->key_len = rd32(p + off);
@@ -229,12 +232,18 @@ static loupe_status parse_meta(lp_loupe_file *f) {
         e->type = rd32(p + off);
         off += 4;
         e->val_size = meta_value_size(p + off, size - off, e->type, &e->count);
-        if (!e->val_size)
-            return lp_fail(LOUPE_ERR_FORMAT, "%s: metadata %.*s: %s", f->path,
-                           (int)(e->key_len > 64 ? 64 : e->key_len), e->key,
+        if (!e->val_size) {
+            char key[48]; /* printable copy: the bytes may be garbage */
+            size_t k = 0;
+            for (; k < e->key_len && k < sizeof key - 1; k++)
+                key[k] = e->key[k] >= 0x20 && e->key[k] < 0x7f ? e->key[k] : '?';
+            key[k] = 0;
+            return lp_fail(LOUPE_ERR_FORMAT, "%s: metadata entry %llu \"%s\": %s", f->path,
+                           (unsigned long long)i, key,
                            e->type < LOUPE_M_I32 || e->type > LOUPE_M_ARR_I32
                                ? "unknown value type"
                                : "value runs past the end of the section");
+        }
         e->val = p + off + (e->type == LOUPE_M_I32 || e->type == LOUPE_M_F32 ? 0 : 8);
         off += e->val_size;
         f->n_meta = (int)i + 1;
@@ -524,7 +533,12 @@ static loupe_status read_tok_arrays(const lp_loupe_file *f, lp_tok_spec *s) {
     s->n_eos_extra = (int)e->count;
     if (!(s->eos_extra = calloc((size_t)e->count + 1, sizeof *s->eos_extra)))
         return lp_fail(LOUPE_ERR_NOMEM, "%s: out of memory", f->path);
-    for (uint64_t i = 0; i < e->count; i++) s->eos_extra[i] = (int32_t)rd32(e->val + 4 * i);
+    for (uint64_t i = 0; i < e->count; i++) {
+        s->eos_extra[i] = (int32_t)rd32(e->val + 4 * i);
+        if (s->eos_extra[i] < 0 || s->eos_extra[i] >= s->n_vocab)
+            return lp_fail(LOUPE_ERR_TOKENIZER, "%s: tok.eos_extra id %d out of range", f->path,
+                           s->eos_extra[i]);
+    }
     return LOUPE_OK;
 }
 

@@ -50,7 +50,8 @@ static void print_patching(const loupe_patching *p) {
     int n = p->clean.n;
     double span = p->clean_logprob - p->corrupt_logprob;
     printf("log p(target)  clean %.4f  corrupt %.4f\n", p->clean_logprob, p->corrupt_logprob);
-    printf("normalised effect of patching resid_pre.L at each position:\n%-6s", "");
+    printf("%s of patching resid_pre.L at each position:\n%-6s",
+           span != 0 ? "normalised effect" : "change in log p (clean = corrupt)", "");
     for (int i = 0; i < n; i++) {
         printf(" ");
         icli_put_token(stdout, p->clean.text[i], 5);
@@ -64,9 +65,9 @@ static void print_patching(const loupe_patching *p) {
     for (int l = 0; l < p->n_layers; l++) {
         printf("L%-5d", l);
         for (int i = 0; i < n; i++) {
-            double lp = p->logprob[(size_t)l * n + i];
-            if (span != 0) printf(" %5.2f", (lp - p->corrupt_logprob) / span);
-            else printf(" %5.1f", lp - p->corrupt_logprob);
+            double d = p->logprob[(size_t)l * n + i] - p->corrupt_logprob;
+            double v = span != 0 ? d / span : d;
+            printf(" %5.2f", v > -0.005 && v < 0.005 ? 0.0 : v); /* no "-0.00" */
         }
         printf("\n");
     }

@@ -57,11 +57,11 @@ int cli_compare(int argc, char **argv) {
                       "compare needs the same token ids", na, nb);
     if (!rc && loupe_compare(a.s, b.s, ia, na, &c) != LOUPE_OK) rc = cli_fail(NULL);
     if (!rc) {
-        printf("A: %s\nB: %s\n%d tokens\n\nlayer  attn JS  lens KL\n", pos[0], pos[1], na);
+        printf("A: %s\nB: %s\n%d tokens\n\nlayer    attn JS    lens KL\n", pos[0], pos[1], na);
         for (int l = 0; l < c->n_layers; l++) {
-            printf("%5d  %7.4f  ", l, c->attn_js[l]);
-            if (isnan(c->lens_kl[l])) printf("    n/a\n");
-            else printf("%7.4f\n", c->lens_kl[l]);
+            printf("%5d  %9.3g  ", l, c->attn_js[l]);
+            if (isnan(c->lens_kl[l])) printf("%9s\n", "n/a");
+            else printf("%9.3g\n", c->lens_kl[l]);
         }
     }
     if (!rc && out) {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Cross-builds loupe for AArch64 (toolchain .ci/aarch64.cmake) into
+# build-arm and runs ctest there under qemu-user twice:
+#   QEMU_CPU=max         armv8.x with dotprod: the sdot int8 kernel
+#   QEMU_CPU=cortex-a53  plain armv8-a: no dotprod, no fp16 arithmetic
+# Extra arguments go to ctest (e.g. -R kernels).
+# Needs: gcc-aarch64-linux-gnu qemu-user and the :arm64 -dev packages
+# (libcmocka-dev libsleef-dev libpcre2-dev libcjson-dev libpng-dev).
+set -uo pipefail
+
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=${LOUPE_ARM_BUILD:-$src/build-arm}
+jobs=${JOBS:-2}
+
+mkdir -p "$build"
+cmake -S "$src" -B "$build" -DCMAKE_TOOLCHAIN_FILE="$src/.ci/aarch64.cmake" \
+  -DCMAKE_BUILD_TYPE=Release >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
+cmake --build "$build" -j"$jobs" || exit 1
+
+status=0
+for cpu in max cortex-a53; do
+  echo "=== ctest with QEMU_CPU=$cpu"
+  t0=$(date +%s)
+  QEMU_CPU=$cpu ctest --test-dir "$build" --output-on-failure "$@" || status=1
+  echo "=== QEMU_CPU=$cpu took $(($(date +%s) - t0)) s"
+done
+exit $status
