@@ -215,26 +215,6 @@ static int add_text(srv_choice *ch, const char *s, size_t n) {
     return 1;
 }
 
-/* Log-probabilities of the prompt's tokens (echo): the first has none. */
-static loupe_status prompt_logprobs(srv_slot *sl, srv_job *j, srv_choice *ch, const srv_prompt *p) {
-    int V = sl->e->sm->info.n_vocab;
-    srv_tok *t = push_tok(ch);
-    if (!t) return LOUPE_ERR_NOMEM;
-    memset(t, 0, sizeof *t);
-    t->id = p->ids[0];
-    for (int i = 0; i + 1 < p->n; i += SRV_ECHO_ROWS) {
-        int n = p->n - 1 - i < SRV_ECHO_ROWS ? p->n - 1 - i : SRV_ECHO_ROWS;
-        loupe_status st = loupe_eval(sl->s, p->ids + i, n, sl->rows, 1);
-        if (st != LOUPE_OK) return st;
-        for (int r = 0; r < n; r++) {
-            if (!(t = push_tok(ch))) return LOUPE_ERR_NOMEM;
-            score_token(sl->rows + (size_t)r * (size_t)V, V, p->ids[i + r + 1], j->req.top_logprobs, t);
-        }
-    }
-    loupe_session_reset(sl->s);
-    return LOUPE_OK;
-}
-
 /* Is id a control token (EOS, <|im_end|>...)? Its text only tokenizes
  * back to it when special texts are parsed. Cached per id. */
 static int is_control(srv_engine *e, int32_t id) {
@@ -249,6 +229,28 @@ static int is_control(srv_engine *e, int32_t id) {
                   !(loupe_tokenize(e->sm->m, s, strlen(s), 0, 0, b, 4, &nb) == LOUPE_OK && nb == 1 && b[0] == id);
     atomic_store(&e->special[id], special ? 2 : 1);
     return special;
+}
+
+/* Log-probabilities of the prompt's tokens (echo): the first has none. */
+static loupe_status prompt_logprobs(srv_slot *sl, srv_job *j, srv_choice *ch, const srv_prompt *p) {
+    int V = sl->e->sm->info.n_vocab;
+    srv_tok *t = push_tok(ch);
+    if (!t) return LOUPE_ERR_NOMEM;
+    memset(t, 0, sizeof *t);
+    t->id = p->ids[0];
+    t->control = is_control(sl->e, t->id);
+    for (int i = 0; i + 1 < p->n; i += SRV_ECHO_ROWS) {
+        int n = p->n - 1 - i < SRV_ECHO_ROWS ? p->n - 1 - i : SRV_ECHO_ROWS;
+        loupe_status st = loupe_eval(sl->s, p->ids + i, n, sl->rows, 1);
+        if (st != LOUPE_OK) return st;
+        for (int r = 0; r < n; r++) {
+            if (!(t = push_tok(ch))) return LOUPE_ERR_NOMEM;
+            score_token(sl->rows + (size_t)r * (size_t)V, V, p->ids[i + r + 1], j->req.top_logprobs, t);
+            t->control = is_control(sl->e, t->id);
+        }
+    }
+    loupe_session_reset(sl->s);
+    return LOUPE_OK;
 }
 
 /* ------------------------------------------------------------- generation */

@@ -490,7 +490,10 @@ static cJSON *completion_logprobs(const srv_model *sm, const srv_choice *ch, int
     size_t off = offset0;
     for (int i = t0; i < t1; i++) {
         const srv_tok *t = &ch->toks[i];
-        size_t n = srv_token_text(sm->m, t->id, piece, sizeof piece, NULL, NULL);
+        size_t n = t->control ? 0 : srv_token_text(sm->m, t->id, piece, sizeof piece, NULL, NULL);
+        if (t->control) srv_token_text(sm->m, t->id, piece, sizeof piece, NULL, NULL);
+        /* SentencePiece drops the leading space of a text's first piece */
+        if (off == 0 && n && piece[0] == ' ' && ch->n_text && ch->text[0] != ' ') n--;
         cJSON_AddItemToArray(toks, cJSON_CreateString(piece));
         cJSON_AddItemToArray(lps, logprob_value(t, t->logprob));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
@@ -499,10 +502,12 @@ static cJSON *completion_logprobs(const srv_model *sm, const srv_choice *ch, int
             cJSON_AddItemToArray(tops, cJSON_CreateNull());
             continue;
         }
+        /* the top alternatives, and the sampled token (OpenAI: up to N + 1) */
         cJSON *d = cJSON_CreateObject();
-        for (int k = 0; k < t->n_top; k++) {
-            srv_token_text(sm->m, t->top_id[k], piece, sizeof piece, NULL, NULL);
-            if (!cJSON_GetObjectItemCaseSensitive(d, piece)) cJSON_AddNumberToObject(d, piece, t->top_lp[k]);
+        for (int k = 0; k <= t->n_top; k++) {
+            srv_token_text(sm->m, k < t->n_top ? t->top_id[k] : t->id, piece, sizeof piece, NULL, NULL);
+            if (!cJSON_GetObjectItemCaseSensitive(d, piece))
+                cJSON_AddNumberToObject(d, piece, k < t->n_top ? t->top_lp[k] : t->logprob);
         }
         cJSON_AddItemToArray(tops, d);
     }

@@ -127,6 +127,7 @@ typedef struct {
     int32_t id;
     float logprob;
     int has_logprob;          /* 0 for the first echoed prompt token */
+    int control;              /* a control token (BOS...): no text */
     int n_top;
     int32_t top_id[SRV_MAX_TOP + 1];
     float top_lp[SRV_MAX_TOP + 1];
