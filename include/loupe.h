@@ -124,6 +124,8 @@ typedef struct loupe_session loupe_session;
 typedef struct loupe_session_params {
     int n_ctx;     /* context length; 0 = the model's maximum          */
     int n_threads; /* 0 = all cores                                     */
+    int kv_f16;    /* 1: keep the KV cache in fp16 (half the memory and
+                      bandwidth; attention still accumulates in fp32)    */
 } loupe_session_params;
 
 LOUPE_API loupe_status loupe_session_new(const loupe_model *m,

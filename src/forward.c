@@ -146,8 +146,13 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     int C = hp->dim, D = hp->head_dim;
     int q_dim = hp->n_heads * D, kv_dim = hp->n_kv_heads * D;
     int pos0 = s->pos;
-    float *kc = s->k_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (T, K*D) */
-    float *vc = s->v_cache + ((size_t)l * s->n_ctx + pos0) * kv_dim; /* (T, K*D) */
+    size_t elt = s->kv_type == LP_F16 ? sizeof(uint16_t) : sizeof(float);
+    size_t layer_off = (size_t)l * s->n_ctx * kv_dim * elt; /* bytes */
+    uint8_t *k_layer = (uint8_t *)s->k_cache + layer_off;   /* (n_ctx, K*D) */
+    uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (n_ctx, K*D) */
+    /* new keys/values (T, K*D): straight into an f32 cache, else staged */
+    float *kc = s->kv_type == LP_F32 ? (float *)(k_layer + (size_t)pos0 * kv_dim * elt) : s->kbuf;
+    float *vc = s->kv_type == LP_F32 ? (float *)(v_layer + (size_t)pos0 * kv_dim * elt) : s->vbuf;
 
     lp_norm_rows(m, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
     lp_matmul(s, s->q, q_dim, s->xn, T, &L->wq);
@@ -157,6 +162,11 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     lp_add_bias(kc, L->bk, T, kv_dim);
     lp_add_bias(vc, L->bv, T, kv_dim);
     if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, kc, T, pos0, kv_dim);
+    if (s->kv_type == LP_F16) {
+        const lp_kernels *k = lp_kern();
+        k->f32_to_f16(kc, (uint16_t *)k_layer + (size_t)pos0 * kv_dim, T * kv_dim);
+        k->f32_to_f16(vc, (uint16_t *)v_layer + (size_t)pos0 * kv_dim, T * kv_dim);
+    }
 
     lp_attn_job j;
     memset(&j, 0, sizeof j);
@@ -167,9 +177,9 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     j.a.head_dim = D;
     j.a.scale = 1.0f / sqrtf((float)D);
     j.a.q = s->q;
-    j.a.k = s->k_cache + (size_t)l * s->n_ctx * kv_dim;
-    j.a.v = s->v_cache + (size_t)l * s->n_ctx * kv_dim;
-    j.a.kv_type = LP_F32;
+    j.a.k = k_layer;
+    j.a.v = v_layer;
+    j.a.kv_type = s->kv_type;
     j.a.out = s->att;
     j.scratch = s->attn_scratch;
     j.n_ctx = s->n_ctx;

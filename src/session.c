@@ -43,8 +43,12 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     size_t T = (size_t)s->cap_T;
     size_t wide = (size_t)lp_max(lp_max(hp->dim, hp->ffn_dim), (int)q_dim);
     size_t cache = (size_t)hp->n_layers * n_ctx * kv_dim;
-    s->k_cache = lp_calloc_floats(cache);
-    s->v_cache = lp_calloc_floats(cache);
+    s->kv_type = p && p->kv_f16 ? LP_F16 : LP_F32;
+    size_t kv_elt = s->kv_type == LP_F16 ? sizeof(uint16_t) : sizeof(float);
+    s->k_cache = calloc(cache ? cache : 1, kv_elt);
+    s->v_cache = calloc(cache ? cache : 1, kv_elt);
+    s->kbuf = lp_calloc_floats(T * kv_dim);
+    s->vbuf = lp_calloc_floats(T * kv_dim);
     s->history = calloc((size_t)n_ctx, sizeof(int32_t));
     s->x = lp_calloc_floats(T * hp->dim);
     s->xn = lp_calloc_floats(T * wide);
@@ -56,13 +60,13 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->xq = calloc(T * (wide / LP_QK8 + 1), sizeof(lp_block_q8));
     s->attn_scratch = lp_calloc_floats((size_t)lp_pool_size(s->pool) * n_ctx);
     s->logits = lp_calloc_floats((size_t)hp->n_vocab);
-    if (!s->pool || !s->k_cache || !s->v_cache || !s->history || !s->x || !s->xn ||
+    if (!s->pool || !s->k_cache || !s->v_cache || !s->kbuf || !s->vbuf || !s->history || !s->x || !s->xn ||
         !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !s->xq ||
         !s->attn_scratch || !s->logits) {
         loupe_session_free(s);
         return lp_fail(LOUPE_ERR_NOMEM,
                        "out of memory for a session with context %d (KV cache %.1f MiB)",
-                       n_ctx, 2.0 * cache * sizeof(float) / (1 << 20));
+                       n_ctx, 2.0 * cache * kv_elt / (1 << 20));
     }
     *out = s;
     return LOUPE_OK;
@@ -73,6 +77,8 @@ void loupe_session_free(loupe_session *s) {
     lp_pool_free(s->pool);
     free(s->k_cache);
     free(s->v_cache);
+    free(s->kbuf);
+    free(s->vbuf);
     free(s->history);
     free(s->x);
     free(s->xn);

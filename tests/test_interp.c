@@ -80,7 +80,7 @@ static loupe_model *open_model(const char *dir) {
 
 static loupe_session *new_session(const loupe_model *m) {
     loupe_session *s = NULL;
-    loupe_session_params sp = {0, 2};
+    loupe_session_params sp = {.n_ctx = 0, .n_threads = 2};
     if (loupe_session_new(m, &sp, &s) != LOUPE_OK) fail_msg("%s", loupe_last_error());
     return s;
 }

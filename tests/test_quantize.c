@@ -73,7 +73,7 @@ static void quantize_ok(const char *src, const char *dst, lp_dtype type,
 /* Logits (T, n_vocab) of tokens evaluated from position 0; caller frees. */
 static float *logits_of(loupe_model *m, const int32_t *ids, int n) {
     loupe_session *s = NULL;
-    loupe_session_params sp = {0, 1};
+    loupe_session_params sp = {.n_ctx = 0, .n_threads = 1};
     assert_int_equal(loupe_session_new(m, &sp, &s), LOUPE_OK);
     int V = loupe_n_vocab(m);
     float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);

@@ -23,7 +23,8 @@
     X(compare, "per-layer attention JS and logit-lens KL of two models") \
     X(bench, "prefill and decode speed, like llama-bench (--json)")      \
     X(perplexity, "perplexity of a text; KL divergence against a base model") \
-    X(serve, "OpenAI-compatible HTTP server (completions, chat)")
+    X(serve, "OpenAI-compatible HTTP server (completions, chat)")      \
+    X(chat, "interactive chat in the terminal with the chat template")
 
 #define LOUPE_DECLARE(name, summary) int cli_##name(int argc, char **argv);
 LOUPE_COMMANDS(LOUPE_DECLARE)

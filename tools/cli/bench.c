@@ -21,6 +21,7 @@ static const char bench_help[] =
     "  -n, --n-gen LIST      generation lengths (default 128; 0 = skip)\n"
     "  -t, --threads LIST    thread counts (default: all cores)\n"
     "  -r, --repetitions N   timed runs per test after one warm-up (default 5)\n"
+    "  --kv-f16              fp16 KV cache\n"
     "  --json                one JSON object per test (llama-bench field names)\n"
     "  --isa NAME            force a kernel set: scalar, avx2, avx512, neon\n";
 
@@ -71,7 +72,7 @@ static double run_once(loupe_session *s, const int32_t *ids, int n_prompt, int n
 typedef struct {
     const char *model;
     uint64_t size, n_params;
-    int json, first_json;
+    int json, first_json, kv_f16;
 } bench_ctx;
 
 static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const double *ns,
@@ -119,7 +120,7 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
     if (need > info.n_ctx)
         return cli_fail("test of %d tokens exceeds the model's context of %d", need,
                         info.n_ctx);
-    loupe_session_params sp = {.n_ctx = need, .n_threads = threads};
+    loupe_session_params sp = {.n_ctx = need, .n_threads = threads, .kv_f16 = c->kv_f16};
     loupe_session *s;
     if (loupe_session_new(m, &sp, &s) != LOUPE_OK) return cli_fail(NULL);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(need + 1));
@@ -144,7 +145,7 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
 
 int cli_bench(int argc, char **argv) {
     const char *model = NULL, *pp = "512", *tg = "128", *th = NULL, *isa = NULL;
-    int reps = 5, json = 0;
+    int reps = 5, json = 0, kv_f16 = 0;
     const cli_opt opts[] = {
         {"-m|--model", CLI_STR, &model, 0, 0, 0, NULL},
         {"-p|--n-prompt", CLI_STR, &pp, 0, 0, 0, NULL},
@@ -152,6 +153,7 @@ int cli_bench(int argc, char **argv) {
         {"-t|--threads", CLI_STR, &th, 0, 0, 0, NULL},
         {"-r|--repetitions", CLI_INT, &reps, 1, 1000, 0, NULL},
         {"--json", CLI_FLAG, &json, 0, 0, 0, NULL},
+        {"--kv-f16", CLI_FLAG, &kv_f16, 0, 0, 0, NULL},
         {"--isa", CLI_STR, &isa, 0, 0, 0, NULL},
     };
     cli_spec spec = {"bench", "bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 5] [--json]",
@@ -177,7 +179,7 @@ int cli_bench(int argc, char **argv) {
     bench_ctx c = {base && base[1] ? base + 1 : model,
                    stat(model, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size
                                                                   : info.weight_bytes,
-                   info.n_params, json, 1};
+                   info.n_params, json, 1, kv_f16};
     if (!json)
         printf("| %-28s | %13s | %10s | %-7s | %7s | %8s | %20s |\n"
                "| %.28s | %.13s | %.10s | %.7s | %.7s | %.8s | %.20s |\n",

@@ -169,7 +169,7 @@ static int run_windows(ppl_run *r, const int32_t *ids, int n_ids, ppl_stats *st,
 
 static int perplexity(ppl_run *r, const char *model, const char *base, const int32_t *ids,
                       int n_ids, int n_threads) {
-    loupe_session_params sp = {r->ctx, n_threads};
+    loupe_session_params sp = {.n_ctx = r->ctx, .n_threads = n_threads};
     if (loupe_session_new(r->m, &sp, &r->s) != LOUPE_OK) return cli_fail(NULL);
     if (r->base && loupe_session_new(r->base, &sp, &r->sb) != LOUPE_OK) return cli_fail(NULL);
     size_t cells = (size_t)r->ctx * (size_t)r->V;

@@ -57,6 +57,7 @@ static const char run_help[] =
     "machine:\n"
     "  -t, --threads N           threads (default: all cores)\n"
     "  -c, --ctx-size N          context length (default: the model's)\n"
+    "  --kv-f16                  keep the KV cache in fp16 (half the memory)\n"
     "  --isa NAME                kernel set: scalar, avx2, avx512, neon (also\n"
     "                            env LOUPE_ISA)\n";
 
@@ -67,7 +68,7 @@ static const char run_usage[] =
 
 typedef struct {
     const char *model, *prompt, *file, *isa;
-    int n_predict, max_length, n_seq, n_threads, n_ctx, ignore_eos;
+    int n_predict, max_length, n_seq, n_threads, n_ctx, ignore_eos, kv_f16;
     int seen_seed, seen_n, seen_max_length;
     cli_strs stop;
     loupe_sampling sp;
@@ -102,6 +103,7 @@ static int parse_run(run_args *a, int argc, char **argv) {
         {"--num-return-sequences", CLI_INT, &a->n_seq, 1, 100000, 0, NULL},
         {"-t|--threads", CLI_INT, &a->n_threads, 1, 4096, 0, NULL},
         {"-c|--ctx-size", CLI_INT, &a->n_ctx, 1, inf, 0, NULL},
+        {"--kv-f16", CLI_FLAG, &a->kv_f16, 0, 0, 0, NULL},
         {"--isa", CLI_STR, &a->isa, 0, 0, 0, NULL},
     };
     cli_spec spec = {"run", run_usage, run_help, opts, (int)(sizeof opts / sizeof opts[0]),
@@ -233,7 +235,8 @@ static int run(const run_args *a, const char *text, size_t len) {
             rc = cli_fail("--max-length %d leaves no room: the prompt has %zu tokens",
                           a->max_length, n_ids);
     }
-    loupe_session_params sp = {.n_ctx = a->n_ctx, .n_threads = a->n_threads};
+    loupe_session_params sp = {.n_ctx = a->n_ctx, .n_threads = a->n_threads,
+                               .kv_f16 = a->kv_f16};
     if (!rc && loupe_session_new(m, &sp, &s) != LOUPE_OK) rc = cli_fail(NULL);
     if (!rc) rc = generate_all(a, text, len, s, ids, (int)n_ids, max_new);
     if (s) loupe_session_free(s);
