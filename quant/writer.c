@@ -418,6 +418,7 @@ static loupe_status build_meta(const loupe_model *m, const lp_quant_opts *o,
     if (t->attrs) lp_meta_arr_u8(b, "tok.attrs", t->attrs, t->n_vocab);
     lp_meta_arr_str(b, "tok.merges", (const char *const *)t->merges, t->n_merges);
     lp_meta_arr_str(b, "tok.pre_regex", (const char *const *)t->pre_regex, t->n_pre);
+    if (t->pre_behavior) lp_meta_arr_u8(b, "tok.pre_behavior", t->pre_behavior, t->n_pre);
     if (t->pre_name) lp_meta_str(b, "tok.pre_name", t->pre_name);
     if (t->chat_template) lp_meta_str(b, "tok.chat_template", t->chat_template);
     lp_meta_arr_i32(b, "tok.eos_extra", t->eos_extra, t->n_eos_extra);

@@ -130,6 +130,9 @@ static void expect_same_tokenizer(loupe_model *a, loupe_model *b) {
     expect_same_strs(x->merges, y->merges, x->n_merges);
     assert_int_equal(x->n_pre, y->n_pre);
     expect_same_strs(x->pre_regex, y->pre_regex, x->n_pre);
+    for (int i = 0; i < x->n_pre; i++) /* NULL means every pattern isolates */
+        assert_int_equal(x->pre_behavior ? x->pre_behavior[i] : LP_PRE_ISOLATED,
+                         y->pre_behavior ? y->pre_behavior[i] : LP_PRE_ISOLATED);
     expect_same_opt_str(x->pre_name, y->pre_name);
     expect_same_opt_str(x->chat_template, y->chat_template);
     assert_int_equal(x->bos_id, y->bos_id);

@@ -120,9 +120,9 @@ loupe_status loupe_compare(loupe_session *a, loupe_session *b, const int32_t *id
 char *loupe_comparison_json(const loupe_comparison *c, const char *title_a, const char *title_b) {
     if (!c) return NULL;
     cJSON *root = lp_json_doc("loupe-compare", NULL);
-    cJSON *js = cJSON_CreateArray(), *kl = cJSON_CreateArray();
+    cJSON *js = cJSON_CreateArray();
     int ok = lp_json_add(root, "attn_js", js);
-    if (!ok) kl = (cJSON_Delete(kl), NULL);
+    cJSON *kl = ok ? cJSON_CreateArray() : NULL;
     ok = ok && lp_json_add(root, "lens_kl", kl);
     for (int l = 0; ok && l < c->n_layers; l++)
         ok = lp_json_push(js, lp_json_number(c->attn_js[l])) &&

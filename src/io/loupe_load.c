@@ -526,6 +526,19 @@ static loupe_status read_tok_arrays(const lp_loupe_file *f, lp_tok_spec *s) {
     s->n_merges = n;
     LP_TRY(get_strs(f, "tok.pre_regex", &s->pre_regex, &n));
     s->n_pre = n;
+    LP_TRY(need(f, "tok.pre_behavior", LOUPE_M_ARR_U8, 1, &e));
+    if (e) { /* absent: every pattern isolates its matches */
+        if (e->count != (uint64_t)n)
+            return lp_fail(LOUPE_ERR_FORMAT, "%s: tok.pre_behavior has %llu values for %d patterns",
+                           f->path, (unsigned long long)e->count, n);
+        if (!(s->pre_behavior = malloc((size_t)n + 1)))
+            return lp_fail(LOUPE_ERR_NOMEM, "%s: out of memory", f->path);
+        memcpy(s->pre_behavior, e->val, (size_t)n);
+        for (int i = 0; i < n; i++)
+            if ((s->pre_behavior[i] & ~LP_PRE_INVERT) > LP_PRE_CONTIGUOUS)
+                return lp_fail(LOUPE_ERR_FORMAT, "%s: tok.pre_behavior[%d] = %d is not a split behaviour",
+                               f->path, i, s->pre_behavior[i]);
+    }
     LP_TRY(need(f, "tok.eos_extra", LOUPE_M_ARR_I32, 0, &e));
     if (e->count > (uint64_t)s->n_vocab)
         return lp_fail(LOUPE_ERR_FORMAT, "%s: tok.eos_extra has %llu ids", f->path,

@@ -272,7 +272,7 @@ static void fz_run_model(loupe_model *m) {
         fz_check_error(loupe_chat_render(m, &msg, 1, 1, &out), "loupe_chat_render");
         free(out);
     }
-    loupe_session_params sp = {info.n_ctx < 4 ? info.n_ctx : 4, 1};
+    loupe_session_params sp = {.n_ctx = info.n_ctx < 4 ? info.n_ctx : 4, .n_threads = 1};
     loupe_session *s = NULL;
     st = loupe_session_new(m, &sp, &s);
     fz_check_error(st, "loupe_session_new");
@@ -288,7 +288,7 @@ static void fz_run_model(loupe_model *m) {
 
 void fz_open_model(const char *path) {
     const char *expect = getenv("FZ_EXPECT_LOAD");
-    loupe_model_params mp = {1};
+    loupe_model_params mp = {.n_threads = 1};
     loupe_model *m = NULL;
     loupe_status st = loupe_model_open(path, &mp, &m);
     fz_check_error(st, "loupe_model_open");
