@@ -6,7 +6,7 @@
 # (a screenshot that is not blank, a DOM that holds the tokens' text);
 # lens/attribute/ablate/steer/compare outputs and their usage errors.
 # Env: LOUPE_BIN, LOUPE_SHARED, LOUPE_SRC, LOUPE_PYTHON, LOUPE_TEST_TMP.
-# Chromium is required (LOUPE_WITH_BROWSER=1 tools/setup-deps.sh installs
+# Chromium is required (tools/setup-deps.sh installs
 # it); LOUPE_SKIP_BROWSER=1 skips the rendering checks explicitly.
 set -u
 
@@ -132,7 +132,7 @@ assert dark > 0.002, 'almost nothing drawn (%.4f dark)' % dark"
 if [ "${LOUPE_SKIP_BROWSER:-0}" = 1 ]; then
     echo "SKIPPED browser checks (LOUPE_SKIP_BROWSER=1)"
 elif [ -z "$CHROME" ]; then
-    bad "chromium present" "no chromium: LOUPE_WITH_BROWSER=1 tools/setup-deps.sh (or LOUPE_SKIP_BROWSER=1)"
+    bad "chromium present" "no chromium: tools/setup-deps.sh (or LOUPE_SKIP_BROWSER=1)"
 else
     shot head "$TMP/a.html"
     check "attention HTML (head view) renders" rendered head

@@ -7,12 +7,9 @@ pkgs=(
   build-essential cmake pkg-config git
   libcmocka-dev libbenchmark-dev libsleef-dev libpcre2-dev libcjson-dev
   libmicrohttpd-dev libpng-dev
-  python3 python3-numpy python3-jinja2 wrk tmux curl
+  python3 python3-numpy python3-jinja2 wrk tmux curl time
+  chromium  # headless browser for the HTML report checks of tests/interp_test.sh
 )
-# Headless browser for the HTML report checks of tests/interp_test.sh.
-if [ "${LOUPE_WITH_BROWSER:-0}" = 1 ]; then
-  pkgs+=(chromium)
-fi
 # Cross toolchain + emulator for the ARM NEON test run (.ci/run --arm).
 if [ "${LOUPE_WITH_ARM:-0}" = 1 ]; then
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then

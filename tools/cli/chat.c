@@ -293,7 +293,8 @@ static int conversation(chat *ch) {
         interrupted = 0;
         int got = read_message(&line, &cap, tty);
         if (got < 0) {
-            fputs("\n(type /exit to quit)\n", stderr);
+            fputs("\n", stdout);
+            fputs("(type /exit to quit)\n", stderr);
             continue;
         }
         if (got == 0) break;

@@ -312,6 +312,7 @@ static loupe_status run_choice(srv_slot *sl, srv_job *j, int p, int k) {
     gp.sampling.seed = r->sp.seed + (uint64_t)ch->index;
     gp.stop = (const char *const *)r->stop;
     gp.n_stop = r->n_stop;
+    gp.ignore_eos = r->ignore_eos;
     gp.on_token = on_token;
     gp.user = &g;
     sl->want_logits = r->logprobs;

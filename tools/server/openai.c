@@ -160,6 +160,7 @@ static int parse_common(const cJSON *o, srv_request *r, srv_error *err) {
     r->sp.frequency_penalty = 0;
     r->sp.penalty_last_n = -1;
     if (refuse_unsupported(o, r->kind, err) || get_bool(o, "stream", &r->stream, err) ||
+        get_bool(o, "ignore_eos", &r->ignore_eos, err) ||
         get_int(o, "n", 1, SRV_MAX_N, &n, NULL, err) ||
         get_num(o, "temperature", 0, 2, &r->sp.temperature, err) ||
         get_num(o, "top_p", 0, 1, &r->sp.top_p, err) ||

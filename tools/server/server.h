@@ -79,6 +79,7 @@ typedef enum { SRV_COMPLETION, SRV_CHAT } srv_kind;
 typedef struct {
     srv_kind kind;
     int stream, include_usage, echo;
+    int ignore_eos;     /* extension: generate max_tokens even past EOS */
     int n;              /* choices per prompt */
     int max_tokens;     /* per choice, already checked against the context */
     int logprobs;       /* 1: report log-probabilities */
