@@ -258,7 +258,7 @@ A2=$(expected_answer "[{\"role\": \"user\", \"content\": \"Once upon a time\"}, 
 tmux -L "$TMUX_SOCK" new-session -d -s chat -x 220 -y 50 \
   "'$BIN' chat -m '$MODEL' --temp 0 -n 20 -c 512 -v 2>'$TMP/chat.err'; echo \$? >'$TMP/chat.exit'; sleep 30"
 pane() { tmux -L "$TMUX_SOCK" capture-pane -p -t chat; }
-prompts() { pane | grep -c '^> '; }
+prompts() { pane | grep -c -e '^> ' -e '^>$'; }  # capture-pane drops trailing spaces
 wait_prompts() { for _ in $(seq 200); do [ "$(prompts)" -ge "$1" ] && return 0; sleep 0.05; done; return 1; }
 check "chat shows its prompt" 'wait_prompts 1'
 tmux -L "$TMUX_SOCK" send-keys -t chat "Once upon a time" Enter

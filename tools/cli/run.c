@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "run_inspect.h"
 
 static const char run_help[] =
     "Generates text from a prompt. stdout gets the prompt followed by the\n"
@@ -54,6 +55,15 @@ static const char run_help[] =
     "             temperature=0.7)\n"
     "  is: loupe run -m M -p TEXT --max-length 50 --num-return-sequences 5\n"
     "      --temp 0.7 --top-k 50 --top-p 1 --min-p 0\n\n"
+    "inspect (one sequence only):\n"
+    "  --logprobs K              print each generated token's log-probability\n"
+    "                            and the K best alternatives to stderr (0-20)\n"
+    "  --logprobs-json FILE      write them as JSON\n"
+    "  --attention FILE          write the attention weights of every layer and\n"
+    "                            head over prompt + generated text: .json, .npy\n"
+    "                            (layers, heads, T, T), .html or .png\n"
+    "  --attn-layers SEL         layers to keep, e.g. 0,2-4 (default all)\n"
+    "  --attn-heads SEL          heads to keep (default all)\n\n"
     "machine:\n"
     "  -t, --threads N           threads (default: all cores)\n"
     "  -c, --ctx-size N          context length (default: the model's)\n"
@@ -72,6 +82,7 @@ typedef struct {
     int seen_seed, seen_n, seen_max_length;
     cli_strs stop;
     loupe_sampling sp;
+    run_inspect_opts inspect;
 } run_args;
 
 /* 0 parsed, -1 help printed, 2 usage error */
@@ -104,6 +115,11 @@ static int parse_run(run_args *a, int argc, char **argv) {
         {"-t|--threads", CLI_INT, &a->n_threads, 1, 4096, 0, NULL},
         {"-c|--ctx-size", CLI_INT, &a->n_ctx, 1, inf, 0, NULL},
         {"--kv-f16", CLI_FLAG, &a->kv_f16, 0, 0, 0, NULL},
+        {"--logprobs", CLI_INT, &a->inspect.logprobs_k, 0, 20, 0, NULL},
+        {"--logprobs-json", CLI_STR, &a->inspect.logprobs_json, 0, 0, 0, NULL},
+        {"--attention", CLI_STR, &a->inspect.attn_path, 0, 0, 0, NULL},
+        {"--attn-layers", CLI_STR, &a->inspect.attn_layers, 0, 0, 0, NULL},
+        {"--attn-heads", CLI_STR, &a->inspect.attn_heads, 0, 0, 0, NULL},
         {"--isa", CLI_STR, &a->isa, 0, 0, 0, NULL},
     };
     cli_spec spec = {"run", run_usage, run_help, opts, (int)(sizeof opts / sizeof opts[0]),
@@ -118,6 +134,12 @@ static int parse_run(run_args *a, int argc, char **argv) {
         return cli_usage_error(&spec, "-n must be -1 (no limit) or >= 1");
     for (int i = 0; i < a->stop.n; i++)
         if (!a->stop.v[i][0]) return cli_usage_error(&spec, "--stop needs a non-empty string");
+    const run_inspect_opts *in = &a->inspect;
+    if ((in->logprobs_k || in->logprobs_json || in->attn_path) && a->n_seq > 1)
+        return cli_usage_error(&spec, "--logprobs and --attention record one sequence: "
+                                      "drop --num-return-sequences");
+    if ((in->attn_layers || in->attn_heads) && !in->attn_path)
+        return cli_usage_error(&spec, "--attn-layers/--attn-heads need --attention FILE");
     if (!a->seen_seed) a->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     return 0;
 }
@@ -132,6 +154,7 @@ typedef struct {
     int seq;            /* separator to print first; 0 = none */
     const char *prompt; /* prompt to print first; NULL once printed */
     size_t prompt_len;
+    run_inspect *inspect; /* NULL unless --logprobs / --attention */
 } run_out;
 
 static void put_text(run_out *o, const char *text, size_t len) {
@@ -154,8 +177,8 @@ static void put_header(run_out *o) {
 }
 
 static int on_token(void *user, int32_t id, const char *text, size_t len, float lp) {
-    (void)id;
     (void)lp;
+    run_inspect_token(((run_out *)user)->inspect, id);
     put_header(user);
     put_text(user, text, len);
     fflush(stdout);
@@ -186,8 +209,10 @@ static void print_stats(const loupe_generate_result *r, uint64_t seed, int seq, 
 /* ------------------------------------------------------------- generate */
 
 static int generate_all(const run_args *a, const char *text, size_t text_len,
-                        loupe_session *s, const int32_t *ids, int n_ids, int max_new) {
+                        loupe_session *s, const int32_t *ids, int n_ids, int max_new,
+                        run_inspect *inspect) {
     run_out out = {0};
+    out.inspect = inspect;
     loupe_generate_params gp;
     loupe_generate_default(&gp);
     gp.max_new_tokens = max_new;
@@ -238,7 +263,15 @@ static int run(const run_args *a, const char *text, size_t len) {
     loupe_session_params sp = {.n_ctx = a->n_ctx, .n_threads = a->n_threads,
                                .kv_f16 = a->kv_f16};
     if (!rc && loupe_session_new(m, &sp, &s) != LOUPE_OK) rc = cli_fail(NULL);
-    if (!rc) rc = generate_all(a, text, len, s, ids, (int)n_ids, max_new);
+    run_inspect *inspect = NULL;
+    if (!rc) {
+        int n_ctx = loupe_session_n_ctx(s);
+        int rows = max_new > 0 && (int)n_ids + max_new < n_ctx ? (int)n_ids + max_new : n_ctx;
+        rc = run_inspect_begin(&inspect, &a->inspect, s, m, ids, (int)n_ids, rows);
+    }
+    if (!rc) rc = generate_all(a, text, len, s, ids, (int)n_ids, max_new, inspect);
+    if (!rc) rc = run_inspect_end(inspect, a->model);
+    run_inspect_free(inspect, s);
     if (s) loupe_session_free(s);
     free(ids);
     if (m) loupe_model_close(m);
