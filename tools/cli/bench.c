@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "loupe_interp.h"
 
 static const char bench_help[] =
     "Measures prompt processing (pp: one batched evaluation of -p tokens) and\n"
@@ -22,6 +23,9 @@ static const char bench_help[] =
     "  -t, --threads LIST    thread counts (default: all cores)\n"
     "  -r, --repetitions N   timed runs per test after one warm-up (default 5)\n"
     "  --kv-f16              fp16 KV cache\n"
+    "  --capture HOOK        record a hook point while running (e.g.\n"
+    "                        attn.pattern.* as `run --attention` does) to\n"
+    "                        measure what inspection costs\n"
     "  --json                one JSON object per test (llama-bench field names)\n"
     "  --isa NAME            force a kernel set: scalar, avx2, avx512, neon\n";
 
@@ -73,6 +77,7 @@ typedef struct {
     const char *model;
     uint64_t size, n_params;
     int json, first_json, kv_f16;
+    const char *capture; /* hook name or NULL */
 } bench_ctx;
 
 static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const double *ns,
@@ -123,6 +128,11 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
     loupe_session_params sp = {.n_ctx = need, .n_threads = threads, .kv_f16 = c->kv_f16};
     loupe_session *s;
     if (loupe_session_new(m, &sp, &s) != LOUPE_OK) return cli_fail(NULL);
+    loupe_capture *cap = NULL;
+    if (c->capture && loupe_capture_new(s, c->capture, need, &cap) != LOUPE_OK) {
+        loupe_session_free(s);
+        return cli_fail(NULL);
+    }
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(need + 1));
     float *logits = malloc(sizeof(float) * (size_t)info.n_vocab);
     double *ns = malloc(sizeof(double) * (size_t)reps);
@@ -139,13 +149,15 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
     free(ids);
     free(logits);
     free(ns);
-    loupe_session_free(s);
+    loupe_session_free(s); /* before the capture its hook points to */
+    loupe_capture_free(cap);
     return rc;
 }
 
 int cli_bench(int argc, char **argv) {
     const char *model = NULL, *pp = "512", *tg = "128", *th = NULL, *isa = NULL;
     int reps = 5, json = 0, kv_f16 = 0;
+    const char *capture = NULL;
     const cli_opt opts[] = {
         {"-m|--model", CLI_STR, &model, 0, 0, 0, NULL},
         {"-p|--n-prompt", CLI_STR, &pp, 0, 0, 0, NULL},
@@ -154,6 +166,7 @@ int cli_bench(int argc, char **argv) {
         {"-r|--repetitions", CLI_INT, &reps, 1, 1000, 0, NULL},
         {"--json", CLI_FLAG, &json, 0, 0, 0, NULL},
         {"--kv-f16", CLI_FLAG, &kv_f16, 0, 0, 0, NULL},
+        {"--capture", CLI_STR, &capture, 0, 0, 0, NULL},
         {"--isa", CLI_STR, &isa, 0, 0, 0, NULL},
     };
     cli_spec spec = {"bench", "bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 5] [--json]",
@@ -179,7 +192,7 @@ int cli_bench(int argc, char **argv) {
     bench_ctx c = {base && base[1] ? base + 1 : model,
                    stat(model, &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size
                                                                   : info.weight_bytes,
-                   info.n_params, json, 1, kv_f16};
+                   info.n_params, json, 1, kv_f16, capture};
     if (!json)
         printf("| %-28s | %13s | %10s | %-7s | %7s | %8s | %20s |\n"
                "| %.28s | %.13s | %.10s | %.7s | %.7s | %.8s | %.20s |\n",
