@@ -44,9 +44,12 @@ int main(int argc, char **argv) {
 }
 C
 expect="llama 5 512"
+# A sanitizer build installs instrumented libraries: consumers link the runtime too.
+san=""
+grep -q '^LOUPE_SANITIZE:BOOL=ON' "$LOUPE_BIN/CMakeCache.txt" && san="-fsanitize=address,undefined"
 
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
-if cc -o "$work/consumer/pc" "$work/consumer/main.c" $(pkg-config --cflags loupe) \
+if cc $san -o "$work/consumer/pc" "$work/consumer/main.c" $(pkg-config --cflags loupe) \
      "$libdir/libloupe.a" $(pkg-config --libs --static loupe | sed 's/-lloupe//') 2> "$work/pc.log" \
    && [ "$("$work/consumer/pc" "$model")" = "$expect" ]; then
   ok "pkg-config consumer (static) runs"
@@ -61,7 +64,8 @@ find_package(loupe REQUIRED)
 add_executable(consumer main.c)
 target_link_libraries(consumer PRIVATE loupe::loupe_shared)
 CM
-if cmake -S "$work/consumer" -B "$work/consumer/build" -DCMAKE_PREFIX_PATH="$prefix" > "$work/cm.log" 2>&1 \
+if cmake -S "$work/consumer" -B "$work/consumer/build" -DCMAKE_PREFIX_PATH="$prefix" \
+     -DCMAKE_C_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" > "$work/cm.log" 2>&1 \
    && cmake --build "$work/consumer/build" >> "$work/cm.log" 2>&1 \
    && [ "$(LD_LIBRARY_PATH="$libdir" "$work/consumer/build/consumer" "$model")" = "$expect" ]; then
   ok "find_package(loupe) consumer (shared) runs"
