@@ -191,6 +191,11 @@ typedef int (*loupe_hook_fn)(void *user, const loupe_activation *act);
 LOUPE_API loupe_status loupe_session_add_hook(loupe_session *s, const char *name,
                                               loupe_hook_fn fn, void *user);
 LOUPE_API void loupe_session_clear_hooks(loupe_session *s);
+/* A check the forward pass calls before every layer, unlike hooks kept by
+ * loupe_session_clear_hooks (which the interpretability functions call):
+ * a non-zero return aborts the pass (LOUPE_ERR_CANCELLED), e.g. once the
+ * client of a server request has gone. fn NULL removes it. */
+LOUPE_API void loupe_session_set_abort(loupe_session *s, int (*fn)(void *user), void *user);
 /* Parses a hook name into (point, layer); layer -1 for "*" or none. */
 LOUPE_API loupe_status loupe_hook_parse(const char *name, loupe_hook_point *point,
                                         int *layer);

@@ -32,6 +32,7 @@
 #define JT_MAX_STEPS 20000000L           /* statements + expressions run */
 #define JT_MAX_DEPTH 200                 /* expression nesting, macro calls */
 #define JT_MAX_RANGE 1000000             /* items range() may make */
+#define JT_MAX_FRAMES 2000               /* nested evaluations (C stack) */
 
 /* =============================================================== values */
 
@@ -122,7 +123,8 @@ typedef struct {
     char *out; /* malloc'd output */
     size_t n_out, cap_out;
     long steps;
-    int depth;
+    int depth;  /* macro calls */
+    int frames; /* eval + exec_stmt recursion */
     int line; /* line being run, for messages */
     scope *root;
 } jt;
@@ -482,10 +484,10 @@ static void lx_string(lexer *L) {
             continue;
         }
         char e = s[i + 1];
-        const char *simple = strchr("\\'\"abfnrtv\n", e);
-        if (simple) {
-            static const char map[] = "\\'\"\a\b\f\n\r\t\v";
-            if (e != '\n') sb_put(&b, &map[simple - "\\'\"abfnrtv\n"], 1);
+        static const char esc_in[] = "\\'\"abfnrtv\n", esc_out[] = "\\'\"\a\b\f\n\r\t\v";
+        const char *simple = e ? strchr(esc_in, e) : NULL;
+        if (simple) { /* backslash-newline continues the line */
+            if (e != '\n') sb_put(&b, &esc_out[simple - esc_in], 1);
             i += 2;
             continue;
         }
@@ -1106,8 +1108,11 @@ static expr *parse_compare(P *p) {
 
 static expr *parse_not(P *p) {
     if (t_name(pk(p), "not")) {
+        if (++p->depth > JT_MAX_DEPTH)
+            jt_fail(p->c, LOUPE_ERR_UNSUPPORTED, pk(p)->line, "expression nested too deeply");
         expr *e = enew(p, E_NOT, nx(p)->line);
         e->a = parse_not(p);
+        p->depth--;
         return e;
     }
     return parse_compare(p);
@@ -1330,7 +1335,17 @@ static stmt *parse_filter_block(P *p, int line) {
     return s;
 }
 
+static stmt *parse_stmt_inner(P *p);
+
 static stmt *parse_stmt(P *p) {
+    if (++p->depth > JT_MAX_DEPTH)
+        jt_fail(p->c, LOUPE_ERR_UNSUPPORTED, pk(p)->line, "blocks nested too deeply");
+    stmt *s = parse_stmt_inner(p);
+    p->depth--;
+    return s;
+}
+
+static stmt *parse_stmt_inner(P *p) {
     tok *t = pk(p);
     int line = t->line;
     if (t->k != K_NAME) p_unexpected(p, "a tag name");
@@ -1526,22 +1541,27 @@ static void repr_str(sb *b, jstr s) {
     sb_put(b, &q, 1);
 }
 
-static void write_str(sb *b, jv v, int repr);
+/* Values nest (and a namespace can hold itself): recursions stop here. */
+#define JT_MAX_NEST 100
 
-static void write_seq(sb *b, jv v) {
+static void write_any(sb *b, jv v, int repr, int depth);
+
+static void write_seq(sb *b, jv v, int depth) {
     jlist *l = v.u.l;
     sb_puts(b, v.tuple ? "(" : "[");
     for (int i = 0; i < l->n; i++) {
         if (i) sb_puts(b, ", ");
-        write_str(b, l->v[i], 1);
+        write_any(b, l->v[i], 1, depth + 1);
     }
     if (v.tuple && l->n == 1) sb_puts(b, ",");
     sb_puts(b, v.tuple ? ")" : "]");
 }
 
 /* Python str() (repr = 0) or repr() (repr = 1) of a value. */
-static void write_str(sb *b, jv v, int repr) {
+static void write_any(sb *b, jv v, int repr, int depth) {
     char buf[64];
+    if (depth > JT_MAX_NEST)
+        jt_fail(b->c, LOUPE_ERR_UNSUPPORTED, b->c->line, "value nested more than %d deep", JT_MAX_NEST);
     switch (v.t) {
     case J_UNDEF: if (repr) sb_puts(b, "Undefined"); break;
     case J_NONE: sb_puts(b, "None"); break;
@@ -1552,20 +1572,22 @@ static void write_str(sb *b, jv v, int repr) {
         if (repr) repr_str(b, v.u.s);
         else sb_put(b, v.u.s.p, v.u.s.n);
         break;
-    case J_LIST: write_seq(b, v); break;
+    case J_LIST: write_seq(b, v, depth); break;
     case J_DICT:
         sb_puts(b, v.u.d->ns ? "<Namespace {" : "{");
         for (int i = 0; i < v.u.d->n; i++) {
             if (i) sb_puts(b, ", ");
             repr_str(b, v.u.d->k[i]);
             sb_puts(b, ": ");
-            write_str(b, v.u.d->v[i], 1);
+            write_any(b, v.u.d->v[i], 1, depth + 1);
         }
         sb_puts(b, v.u.d->ns ? "}>" : "}");
         break;
     case J_FUNC: sb_puts(b, "<function>"); break;
     }
 }
+
+static void write_str(sb *b, jv v, int repr) { write_any(b, v, repr, 0); }
 
 static jstr to_str(jt *c, jv v) {
     if (v.t == J_STR) return v.u.s;
@@ -1576,7 +1598,8 @@ static jstr to_str(jt *c, jv v) {
 
 /* ------------------------------------------------------------- equality */
 
-static int equal(jv a, jv b) {
+static int equal_d(jv a, jv b, int depth) {
+    if (depth > JT_MAX_NEST) return 0;
     if (is_num(a) && is_num(b)) {
         if (is_intlike(a) && is_intlike(b)) return ival(a) == ival(b);
         return num(a) == num(b);
@@ -1588,14 +1611,14 @@ static int equal(jv a, jv b) {
     case J_LIST:
         if (a.tuple != b.tuple || a.u.l->n != b.u.l->n) return 0;
         for (int i = 0; i < a.u.l->n; i++)
-            if (!equal(a.u.l->v[i], b.u.l->v[i])) return 0;
+            if (!equal_d(a.u.l->v[i], b.u.l->v[i], depth + 1)) return 0;
         return 1;
     case J_DICT:
         if (a.u.d->ns || b.u.d->ns) return a.u.d == b.u.d;
         if (a.u.d->n != b.u.d->n) return 0;
         for (int i = 0; i < a.u.d->n; i++) {
             jv *o = dict_find(b.u.d, a.u.d->k[i]);
-            if (!o || !equal(a.u.d->v[i], *o)) return 0;
+            if (!o || !equal_d(a.u.d->v[i], *o, depth + 1)) return 0;
         }
         return 1;
     case J_FUNC: return a.u.fn == b.u.fn;
@@ -1603,9 +1626,13 @@ static int equal(jv a, jv b) {
     }
 }
 
+static int equal(jv a, jv b) { return equal_d(a, b, 0); }
+
 /* <, > ordering: numbers, strings (code point order = UTF-8 byte order),
  * lists element-wise. */
-static int compare(jt *c, jv a, jv b, int line) {
+static int compare_d(jt *c, jv a, jv b, int line, int depth) {
+    if (depth > JT_MAX_NEST)
+        jt_fail(c, LOUPE_ERR_UNSUPPORTED, line, "value nested more than %d deep", JT_MAX_NEST);
     if (is_num(a) && is_num(b)) {
         if (is_intlike(a) && is_intlike(b)) return (ival(a) > ival(b)) - (ival(a) < ival(b));
         return (num(a) > num(b)) - (num(a) < num(b));
@@ -1618,13 +1645,15 @@ static int compare(jt *c, jv a, jv b, int line) {
     }
     if (a.t == J_LIST && b.t == J_LIST && a.tuple == b.tuple) {
         for (int i = 0; i < a.u.l->n && i < b.u.l->n; i++)
-            if (!equal(a.u.l->v[i], b.u.l->v[i])) return compare(c, a.u.l->v[i], b.u.l->v[i], line);
+            if (!equal(a.u.l->v[i], b.u.l->v[i])) return compare_d(c, a.u.l->v[i], b.u.l->v[i], line, depth + 1);
         return (a.u.l->n > b.u.l->n) - (a.u.l->n < b.u.l->n);
     }
     if (a.t == J_UNDEF) fail_undef(c, a, line);
     if (b.t == J_UNDEF) fail_undef(c, b, line);
     jt_fail(c, LOUPE_ERR_FORMAT, line, "cannot order '%s' and '%s'", type_name(a), type_name(b));
 }
+
+static int compare(jt *c, jv a, jv b, int line) { return compare_d(c, a, b, line, 0); }
 
 /* ----------------------------------------------------- attribute access */
 
@@ -1921,7 +1950,17 @@ static jv eval_cmp(jt *c, scope *sc, const expr *e) {
     return v_bool(1);
 }
 
+static jv eval_node(jt *c, scope *sc, const expr *e);
+
 static jv eval(jt *c, scope *sc, const expr *e) {
+    if (++c->frames > JT_MAX_FRAMES)
+        jt_fail(c, LOUPE_ERR_UNSUPPORTED, e->line, "template nests more than %d evaluations", JT_MAX_FRAMES);
+    jv v = eval_node(c, sc, e);
+    c->frames--;
+    return v;
+}
+
+static jv eval_node(jt *c, scope *sc, const expr *e) {
     c->line = e->line;
     jt_step(c);
     switch (e->k) {
@@ -2365,7 +2404,17 @@ static void exec_for(jt *c, scope *sc, const stmt *s) {
     }
 }
 
+static int exec_node(jt *c, scope *sc, const stmt *s);
+
 static int exec_stmt(jt *c, scope *sc, const stmt *s) {
+    if (++c->frames > JT_MAX_FRAMES)
+        jt_fail(c, LOUPE_ERR_UNSUPPORTED, s->line, "template nests more than %d evaluations", JT_MAX_FRAMES);
+    int r = exec_node(c, sc, s);
+    c->frames--;
+    return r;
+}
+
+static int exec_node(jt *c, scope *sc, const stmt *s) {
     c->line = s->line;
     jt_step(c);
     switch (s->k) {

@@ -277,11 +277,13 @@ loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T, float *l
     lp_embed(s, tokens, T);
     aborted = lp_hooks_fire(s, LOUPE_HOOK_EMBED, -1, s->pos, T, C, 1, s->x);
     for (int l = 0; l < s->m->hp.n_layers && !aborted; l++) {
-        aborted = lp_hooks_fire(s, LOUPE_HOOK_RESID_PRE, l, s->pos, T, C, 1, s->x) ||
+        aborted = (s->abort_fn && s->abort_fn(s->abort_user)) ||
+                  lp_hooks_fire(s, LOUPE_HOOK_RESID_PRE, l, s->pos, T, C, 1, s->x) ||
                   lp_attention_forward(s, l, T) || lp_mlp_forward(s, l, T);
     }
     if (!aborted && logits) aborted = lp_head(s, T, logits, all_logits);
-    if (aborted) return lp_fail(LOUPE_ERR_CANCELLED, "a hook stopped the forward pass");
+    if (aborted)
+        return lp_fail(LOUPE_ERR_CANCELLED, "a hook or the abort check stopped the forward pass");
     s->pos += T;
     return LOUPE_OK;
 }

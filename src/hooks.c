@@ -80,6 +80,12 @@ void loupe_session_clear_hooks(loupe_session *s) {
     s->hooked_points = 0;
 }
 
+void loupe_session_set_abort(loupe_session *s, int (*fn)(void *user), void *user) {
+    if (!s) return;
+    s->abort_fn = fn;
+    s->abort_user = fn ? user : NULL;
+}
+
 int lp_hooks_want(const loupe_session *s, loupe_hook_point p, int layer) {
     if (!(s->hooked_points & (1u << p))) return 0;
     for (int i = 0; i < s->n_hooks; i++)

@@ -43,6 +43,8 @@ struct loupe_session {
     lp_hook *hooks;
     int n_hooks, cap_hooks;
     unsigned hooked_points; /* bit per loupe_hook_point with any hook */
+    int (*abort_fn)(void *user); /* checked before every layer; survives clear_hooks */
+    void *abort_user;
     float *pattern;         /* (n_heads, T, n_keys) when attn.pattern is hooked */
     size_t cap_pattern;
 };

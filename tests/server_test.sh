@@ -163,7 +163,7 @@ if (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >"$TMP/npm.lo
   ok "npm ci installs the openai client"
   LOUPE_BASE_URL=$URL/v1 LOUPE_API_KEY=$KEY LOUPE_GOLDEN=$SHARED/models/stories260K/greedy-from-bos.txt \
     node "$NODE_DIR/openai_test.mjs" >"$TMP/node.out" 2>&1
-  sed 's/^/  node: /' "$TMP/node.out" | grep -v "^  node: ok - "
+  sed 's/^/  /' "$TMP/node.out" | grep -v "^  ok - "
   np=$(grep -c '^ok - ' "$TMP/node.out")
   nf=$(grep -c '^not ok - ' "$TMP/node.out")
   pass=$((pass + np))
@@ -243,8 +243,14 @@ for round in 1 2 3 4; do
     '[ "${n:-0}" -gt 50 ] && ! grep -q -e "Non-2xx" -e "Socket errors" "$TMP/wrk$round.out"' "$(cat "$TMP/wrk$round.out")"
 done
 echo "  RSS after each wrk round (kB): ${RSS[*]}"
-check "RSS flat across rounds (rounds 2-4 within 4 MB)" \
-  '[ $((RSS[3] - RSS[1])) -lt 4096 ] && [ $((RSS[2] - RSS[1])) -lt 4096 ]' "${RSS[*]}"
+if ldd "$BIN" 2>/dev/null | grep -q libasan; then
+  # ASan keeps freed memory in quarantine, so RSS grows by design; leaks
+  # are caught instead by LeakSanitizer when the server exits (status 0).
+  echo "  (sanitizer build: RSS flatness not checked)"
+else
+  check "RSS flat across rounds (rounds 2-4 within 4 MB)" \
+    '[ $((RSS[3] - RSS[1])) -lt 4096 ] && [ $((RSS[2] - RSS[1])) -lt 4096 ]' "${RSS[*]}"
+fi
 
 # ------------------------------------------------------------- 5. loupe chat
 expected_answer() { # the server's greedy answer for a conversation (JSON messages)

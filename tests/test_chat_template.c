@@ -213,6 +213,21 @@ static void expect_error(const char *t, const char *vars, loupe_status want, con
     assert_null(out);
 }
 
+/* head + n x unit + tail, in a static buffer (templates nesting n deep). */
+static char *deep_buf;
+
+static const char *deep(const char *head, const char *unit, const char *tail, int n) {
+    char *buf;
+    size_t hu = strlen(head), uu = strlen(unit), tu = strlen(tail);
+    free(deep_buf);
+    deep_buf = buf = malloc(hu + (size_t)n * uu + tu + 1);
+    assert_non_null(buf);
+    memcpy(buf, head, hu);
+    for (int i = 0; i < n; i++) memcpy(buf + hu + (size_t)i * uu, unit, uu);
+    memcpy(buf + hu + (size_t)n * uu, tail, tu + 1);
+    return buf;
+}
+
 static void test_errors_name_line(void **state) {
     (void)state;
     expect_error("a\n{% include 'x.jinja' %}", NULL, LOUPE_ERR_UNSUPPORTED, "line 2: tag 'include'");
@@ -228,6 +243,16 @@ static void test_errors_name_line(void **state) {
     expect_error("{{ range(100000000) | length }}", NULL, LOUPE_ERR_NOMEM, "range()");
     expect_error("{% for i in range(1000000) %}{% for j in range(1000000) %}{{ i }}{% endfor %}{% endfor %}",
                  NULL, LOUPE_ERR_NOMEM, "template");
+    expect_error("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", NULL, LOUPE_ERR_UNSUPPORTED,
+                 "nested more than");
+    expect_error("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+                 "{% endfor %}{{ ns.x }}", NULL, LOUPE_ERR_UNSUPPORTED, "nested more than");
+    expect_error(deep("{{ 1", " + 1", " }}", 100000), NULL, LOUPE_ERR_UNSUPPORTED, "nests more than");
+    expect_error(deep("{{ ", "not ", "1 }}", 100000), NULL, LOUPE_ERR_UNSUPPORTED, "nested too deeply");
+    expect_error(deep("", "{% if 1 %}", "", 100000), NULL, LOUPE_ERR_UNSUPPORTED, "nested too deeply");
+    expect_error(deep("{{ x", "|trim", " }}", 100000), NULL, LOUPE_ERR_UNSUPPORTED, "nests more than");
+    free(deep_buf);
+    deep_buf = NULL;
     expect_error("{{ x }}", "{\"x\": ", LOUPE_ERR_FORMAT, "invalid JSON");
     expect_error("{{ x }}", "[1]", LOUPE_ERR_ARG, "JSON object");
     char *out = NULL;

@@ -265,6 +265,29 @@ static void test_hooks_modify_and_abort(void **state) {
     loupe_session_free(s);
 }
 
+static int abort_after(void *user) { return --*(int *)user < 0; }
+
+static void test_abort_check(void **state) {
+    (void)state;
+    float *ref = batch_logits(1, 0);
+    loupe_session *s = new_session(0, 1, 0);
+    float *lg = malloc(sizeof(float) * N_TOK * info.n_vocab);
+    /* allows 2 layers, then stops: CANCELLED and nothing advanced */
+    int budget = 2;
+    loupe_session_set_abort(s, abort_after, &budget);
+    loupe_session_clear_hooks(s); /* the abort check survives this */
+    assert_int_equal(loupe_eval(s, toks, N_TOK, lg, 1), LOUPE_ERR_CANCELLED);
+    assert_int_equal(loupe_session_pos(s), 0);
+    assert_true(budget < 0);
+    /* removed: the same evaluation completes and matches */
+    loupe_session_set_abort(s, NULL, NULL);
+    assert_int_equal(loupe_eval(s, toks, N_TOK, lg, 1), LOUPE_OK);
+    assert_memory_equal(lg, ref, sizeof(float) * N_TOK * info.n_vocab);
+    free(lg);
+    free(ref);
+    loupe_session_free(s);
+}
+
 static void test_hook_names(void **state) {
     (void)state;
     loupe_hook_point p;
@@ -297,6 +320,7 @@ int main(void) {
         cmocka_unit_test(test_bad_token),
         cmocka_unit_test(test_hooks_observe),
         cmocka_unit_test(test_hooks_modify_and_abort),
+        cmocka_unit_test(test_abort_check),
         cmocka_unit_test(test_hook_names),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

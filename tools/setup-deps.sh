@@ -10,6 +10,10 @@ pkgs=(
   python3 python3-numpy python3-jinja2 wrk tmux curl time
   chromium  # headless browser for the HTML report checks of tests/interp_test.sh
 )
+# clang with the libFuzzer runtime (.ci/fuzz.sh) and valgrind (.ci/valgrind.sh).
+if [ "${LOUPE_WITH_FUZZ:-0}" = 1 ]; then
+  pkgs+=(clang libclang-rt-14-dev valgrind)
+fi
 # Cross toolchain + emulator for the ARM NEON test run (.ci/run --arm).
 if [ "${LOUPE_WITH_ARM:-0}" = 1 ]; then
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -17,7 +21,8 @@ if [ "${LOUPE_WITH_ARM:-0}" = 1 ]; then
     $SUDO_A dpkg --add-architecture arm64
   fi
   pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user libc6-dev:arm64
-         libcmocka-dev:arm64 libsleef-dev:arm64 libpcre2-dev:arm64 libcjson-dev:arm64)
+         libcmocka-dev:arm64 libsleef-dev:arm64 libpcre2-dev:arm64 libcjson-dev:arm64
+         libpng-dev:arm64 libmicrohttpd-dev:arm64)
 fi
 
 missing=()

@@ -324,6 +324,7 @@ static loupe_status lp_gg_place(lp_gg_cur *c, lp_tensor_set *ts, int t0,
                          "section are out of bounds: it holds %llu bytes (file truncated?)",
                          c->path, t->name, (unsigned long long)off,
                          (unsigned long long)(off + t->nbytes), (unsigned long long)data_size);
+        if (st != LOUPE_OK) break; /* off is not a usable offset */
         t->data = c->p + data_start + off;
         t->file_offset = data_start + off;
         r[i] = (lp_gg_range){off, off + t->nbytes, t0 + i};

@@ -124,7 +124,9 @@ static loupe_status lp_gl_hparams(lp_gl_ctx *c) {
     LP_TRY(lp_gl_int(c, "context_length", 1, 0, &hp->n_ctx));
     LP_TRY(lp_gl_int(c, "embedding_length", 1, 0, &hp->dim));
     LP_TRY(lp_gl_int(c, "block_count", 1, 0, &hp->n_layers));
-    LP_TRY(lp_gl_int(c, "feed_forward_length", !gpt2, 4 * hp->dim, &hp->ffn_dim));
+    /* default 4 * dim; an absurd dim (rejected by validation) must not overflow it */
+    int ffn_default = hp->dim > 0 && hp->dim <= (1 << 20) ? 4 * hp->dim : 0;
+    LP_TRY(lp_gl_int(c, "feed_forward_length", !gpt2, ffn_default, &hp->ffn_dim));
     LP_TRY(lp_gl_int(c, "attention.head_count", 1, 0, &hp->n_heads));
     LP_TRY(lp_gl_int(c, "attention.head_count_kv", 0, hp->n_heads, &hp->n_kv_heads));
     LP_TRY(lp_gl_int(c, "attention.key_length", 0, 0, &hp->head_dim));

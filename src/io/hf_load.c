@@ -152,7 +152,9 @@ static loupe_status lp_hf_gpt2_config(const cJSON *c, const char *file, lp_hpara
     hp->n_kv_heads = hp->n_heads;
     const char *ctx_key = lp_js_get(c, "n_positions") ? "n_positions" : "n_ctx";
     LP_TRY(lp_js_int(c, file, ctx_key, 1, 0, &hp->n_ctx));
-    LP_TRY(lp_js_int(c, file, "n_inner", 0, 4 * hp->dim, &hp->ffn_dim));
+    /* default 4 * n_embd; an absurd n_embd (rejected by validation) must not overflow it */
+    int ffn_default = hp->dim > 0 && hp->dim <= (1 << 20) ? 4 * hp->dim : 0;
+    LP_TRY(lp_js_int(c, file, "n_inner", 0, ffn_default, &hp->ffn_dim));
     LP_TRY(lp_js_float(c, file, "layer_norm_epsilon", 0, 1e-5, &hp->norm_eps));
     LP_TRY(lp_js_bool(c, file, "tie_word_embeddings", 1, &hp->tied_head));
     const char *act;

@@ -202,7 +202,7 @@ static int build_prompt(chat *ch, srv_prompt *p) {
 static int answer(chat *ch) {
     srv_prompt p;
     if (build_prompt(ch, &p)) return 1;
-    if (ch->n_cache >= p.n || memcmp(ch->cache, p.ids, (size_t)ch->n_cache * sizeof(int32_t)) != 0)
+    if (ch->n_cache >= p.n || (ch->n_cache && memcmp(ch->cache, p.ids, (size_t)ch->n_cache * sizeof(int32_t))))
         forget_cache(ch);
     const char *const *stops;
     loupe_generate_params gp;

@@ -16,7 +16,9 @@
 static const char serve_help[] =
     "Serves a model over HTTP with OpenAI's API (docs/SERVER.md):\n"
     "  GET  /v1/models            POST /v1/completions\n"
-    "  GET  /health               POST /v1/chat/completions\n\n"
+    "  GET  /health               POST /v1/chat/completions\n"
+    "and loupe's interpretability endpoints, answering the JSON of the CLI's -o:\n"
+    "  POST /v1/loupe/attention   POST /v1/loupe/lens   POST /v1/loupe/attribute\n\n"
     "  -m, --model PATH      HF directory, .gguf or .loupe file\n"
     "  --host ADDR           numeric address to listen on (default 127.0.0.1)\n"
     "  --port N              port (default 8080; 0 = any free port, printed)\n"

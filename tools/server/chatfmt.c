@@ -14,12 +14,12 @@ void srv_prompt_free(srv_prompt *p) {
 }
 
 static loupe_status tokenize(const loupe_model *m, const char *text, size_t len, int add_special,
-                             srv_prompt *out) {
+                             int parse_special, srv_prompt *out) {
     size_t cap = len + 16, need = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         int32_t *ids = malloc(cap * sizeof *ids);
         if (!ids) return LOUPE_ERR_NOMEM;
-        loupe_status st = loupe_tokenize(m, text, len, add_special, 1, ids, cap, &need);
+        loupe_status st = loupe_tokenize(m, text, len, add_special, parse_special, ids, cap, &need);
         if (st == LOUPE_OK) {
             out->ids = ids;
             out->n = (int)need;
@@ -32,15 +32,24 @@ static loupe_status tokenize(const loupe_model *m, const char *text, size_t len,
     return LOUPE_ERR_INTERNAL;
 }
 
-loupe_status srv_text_prompt(const loupe_model *m, const char *text, size_t len, srv_prompt *out) {
+static loupe_status text_tokens(const loupe_model *m, const char *text, size_t len, int special,
+                                srv_prompt *out) {
     memset(out, 0, sizeof *out);
     out->text = malloc(len + 1);
     if (!out->text) return LOUPE_ERR_NOMEM;
     memcpy(out->text, text, len);
     out->text[len] = 0;
-    loupe_status st = tokenize(m, text, len, 1, out);
+    loupe_status st = tokenize(m, text, len, special, special, out);
     if (st != LOUPE_OK) srv_prompt_free(out);
     return st;
+}
+
+loupe_status srv_text_prompt(const loupe_model *m, const char *text, size_t len, srv_prompt *out) {
+    return text_tokens(m, text, len, 1, out);
+}
+
+loupe_status srv_plain_text(const loupe_model *m, const char *text, size_t len, srv_prompt *out) {
+    return text_tokens(m, text, len, 0, out);
 }
 
 /* Templates write BOS themselves, hence add_special = 0. */
@@ -49,7 +58,7 @@ loupe_status srv_chat_prompt(const loupe_model *m, const loupe_chat_message *msg
     memset(out, 0, sizeof *out);
     loupe_status st = loupe_chat_render(m, msgs, n, 1, &out->text);
     if (st != LOUPE_OK) return st;
-    st = tokenize(m, out->text, strlen(out->text), 0, out);
+    st = tokenize(m, out->text, strlen(out->text), 0, 1, out);
     if (st != LOUPE_OK) srv_prompt_free(out);
     return st;
 }

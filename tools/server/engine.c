@@ -7,10 +7,12 @@
  * goes into the job's buffer (SSE events as they come, or the whole JSON
  * body at the end) and the connection thread forwards it.
  *
- * Two hooks per session: "logits" keeps a copy of the last logits row,
- * which is the distribution the sampled token came from (for logprobs);
- * "resid_post.*" aborts the forward pass between layers once the job is
- * cancelled, so a client that leaves stops even a long prefill.
+ * A "logits" hook keeps a copy of the last logits row, which is the
+ * distribution the sampled token came from (for logprobs). The session's
+ * abort check stops the forward pass between layers once the job is
+ * cancelled, so a client that leaves stops even a long prefill — and an
+ * interpretability job (/v1/loupe/), whose library calls clear the
+ * session's hooks: generation jobs register the hook again.
  */
 #include <errno.h>
 #include <math.h>
@@ -129,6 +131,12 @@ static void emit(srv_job *j, char *json) {
 /* Ends the job: body (taken; may be NULL) appended, done set. */
 static void finish(srv_job *j, int status, char *body) {
     pthread_mutex_lock(&j->mu);
+    if (body && !j->out) { /* the whole answer: keep it, no copy (documents can be large) */
+        j->n_out = strlen(body);
+        j->cap_out = j->n_out + 1;
+        j->out = body;
+        body = NULL;
+    }
     if (body && !out_append(j, body, NULL, NULL)) status = 500;
     j->status = status;
     j->done = 1;
@@ -149,10 +157,18 @@ static void finish_error(srv_job *j, int status, const char *type, const char *c
     }
 }
 
+/* Answers a cancelled job: 503 when the server stops, else nobody listens. */
+static void finish_cancelled(srv_engine *e, srv_job *j) {
+    if (e->stopping)
+        finish_error(j, 503, "server_error", "server_shutting_down", "the server is shutting down");
+    else
+        finish(j, 499, NULL); /* the client left: nobody reads this */
+}
+
 /* ------------------------------------------------------------------ hooks */
 
-static int hook_cancel(void *user, const loupe_activation *a) {
-    (void)a;
+/* The session's abort check (kept when hooks are cleared). */
+static int slot_aborted(void *user) {
     srv_slot *sl = user;
     return sl->job && atomic_load(&sl->job->cancel);
 }
@@ -162,6 +178,12 @@ static int hook_logits(void *user, const loupe_activation *a) {
     if (sl->want_logits)
         memcpy(sl->logits, a->data + (size_t)(a->T - 1) * (size_t)a->width, (size_t)a->width * sizeof(float));
     return 0;
+}
+
+/* (Re)registers the slot's hooks: interp jobs clear them. */
+static loupe_status slot_hooks(srv_slot *sl) {
+    loupe_session_clear_hooks(sl->s);
+    return loupe_session_add_hook(sl->s, "logits", hook_logits, sl);
 }
 
 /* -------------------------------------------------------------- logprobs */
@@ -336,9 +358,9 @@ static loupe_status run_choice(srv_slot *sl, srv_job *j, int p, int k) {
     return LOUPE_OK;
 }
 
-static void run_job(srv_slot *sl, srv_job *j) {
+static void run_generation(srv_slot *sl, srv_job *j) {
     srv_request *r = &j->req;
-    loupe_status st = LOUPE_OK;
+    loupe_status st = slot_hooks(sl);
     for (int p = 0; p < r->n_prompts && st == LOUPE_OK; p++) {
         j->prompt_tokens += r->prompts[p].n;
         for (int k = 0; k < r->n && st == LOUPE_OK && !atomic_load(&j->cancel); k++)
@@ -346,10 +368,7 @@ static void run_job(srv_slot *sl, srv_job *j) {
     }
     const srv_model *sm = sl->e->sm;
     if (atomic_load(&j->cancel) || st == LOUPE_ERR_CANCELLED) {
-        if (sl->e->stopping)
-            finish_error(j, 503, "server_error", "server_shutting_down", "the server is shutting down");
-        else
-            finish(j, 499, NULL); /* the client left: nobody reads this */
+        finish_cancelled(sl->e, j);
     } else if (st != LOUPE_OK) {
         finish_error(j, 500, "server_error", loupe_status_name(st), loupe_last_error());
     } else if (r->stream) {
@@ -362,6 +381,22 @@ static void run_job(srv_slot *sl, srv_job *j) {
         char *body = srv_response_json(sm, r, j->choices, j->n_choices, j->prompt_tokens, j->completion_tokens);
         if (body) finish(j, 200, body);
         else finish_error(j, 500, "server_error", NULL, "out of memory");
+    }
+}
+
+/* -------------------------------------------------------- interpretability */
+
+static void run_interp(srv_slot *sl, srv_job *j) {
+    char *json = NULL;
+    srv_error err;
+    loupe_status st = srv_interp_run(sl->s, sl->e->sm, &j->req, &json, &err);
+    if (atomic_load(&j->cancel) || st == LOUPE_ERR_CANCELLED) {
+        free(json);
+        finish_cancelled(sl->e, j);
+    } else if (st != LOUPE_OK) {
+        finish(j, err.status, srv_error_json(&err));
+    } else {
+        finish(j, 200, json);
     }
 }
 
@@ -386,7 +421,8 @@ static void *worker(void *arg) {
         pthread_mutex_unlock(&e->mu);
 
         if (atomic_load(&j->cancel)) finish(j, 499, NULL);
-        else run_job(sl, j);
+        else if (SRV_IS_INTERP(j->req.kind)) run_interp(sl, j);
+        else run_generation(sl, j);
 
         pthread_mutex_lock(&e->mu);
         sl->job = NULL;
@@ -405,9 +441,7 @@ static loupe_status slot_init(srv_engine *e, srv_slot *sl) {
     sl->logits = calloc((size_t)V, sizeof(float));
     sl->rows = calloc((size_t)V * SRV_ECHO_ROWS, sizeof(float));
     if (!sl->logits || !sl->rows) return LOUPE_ERR_NOMEM;
-    st = loupe_session_add_hook(sl->s, "resid_post.*", hook_cancel, sl);
-    if (st == LOUPE_OK) st = loupe_session_add_hook(sl->s, "logits", hook_logits, sl);
-    if (st != LOUPE_OK) return st;
+    loupe_session_set_abort(sl->s, slot_aborted, sl);
     if (pthread_create(&sl->th, NULL, worker, sl) != 0) return LOUPE_ERR_INTERNAL;
     sl->started = 1;
     return LOUPE_OK;

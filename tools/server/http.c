@@ -8,7 +8,8 @@
  * a client that hangs up cancels its job.
  *
  * Routes: GET /health, GET /v1/models[/ID], POST /v1/completions,
- * POST /v1/chat/completions. Errors use OpenAI's envelope.
+ * POST /v1/chat/completions, POST /v1/loupe/{attention,lens,attribute}.
+ * Errors use OpenAI's envelope.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -118,8 +119,12 @@ static enum MHD_Result wait_and_send(struct MHD_Connection *c, srv_conn *rc, int
             return MHD_NO; /* closes the connection */
         }
     }
-    char *body = malloc(j->n_out + 1); /* done: the worker writes no more */
-    if (body) memcpy(body, j->out ? j->out : "", j->n_out + 1);
+    /* done: the worker writes no more, so the body can be taken */
+    pthread_mutex_lock(&j->mu);
+    char *body = j->out ? j->out : strdup("");
+    j->out = NULL;
+    j->n_out = j->cap_out = 0;
+    pthread_mutex_unlock(&j->mu);
     return send_json(c, rc, j->status, body);
 }
 
@@ -180,7 +185,10 @@ static enum MHD_Result send_stream(struct MHD_Connection *c, srv_conn *rc, int f
 static enum MHD_Result generate(srv_http *h, struct MHD_Connection *c, srv_conn *rc, srv_kind kind) {
     srv_request req;
     srv_error err;
-    if (srv_parse_request(h->sm, kind, rc->body ? rc->body : "", rc->n_body, &req, &err)) return send_error(c, rc, &err);
+    const char *body = rc->body ? rc->body : "";
+    int bad = SRV_IS_INTERP(kind) ? srv_parse_interp(h->sm, kind, body, rc->n_body, &req, &err)
+                                  : srv_parse_request(h->sm, kind, body, rc->n_body, &req, &err);
+    if (bad) return send_error(c, rc, &err);
     srv_job *j = srv_job_new(&req);
     if (!j) {
         srv_request_free(&req);
@@ -221,6 +229,19 @@ static enum MHD_Result health(srv_http *h, struct MHD_Connection *c, srv_conn *r
     return send_json(c, rc, 200, strdup(buf));
 }
 
+/* POST routes that queue a job; -1 for other URLs. */
+static int job_kind(const char *url) {
+    static const struct {
+        const char *url;
+        srv_kind kind;
+    } routes[] = {{"/v1/completions", SRV_COMPLETION},     {"/v1/chat/completions", SRV_CHAT},
+                  {"/v1/loupe/attention", SRV_ATTENTION}, {"/v1/loupe/lens", SRV_LENS},
+                  {"/v1/loupe/attribute", SRV_ATTRIBUTE}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (strcmp(url, routes[i].url) == 0) return (int)routes[i].kind;
+    return -1;
+}
+
 static enum MHD_Result route(srv_http *h, struct MHD_Connection *c, srv_conn *rc, const char *url,
                              const char *method) {
     int get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
@@ -248,10 +269,9 @@ static enum MHD_Result route(srv_http *h, struct MHD_Connection *c, srv_conn *rc
         cJSON_Delete(o);
         return send_json(c, rc, 200, s);
     }
-    if (strcmp(url, "/v1/completions") == 0 && post) return generate(h, c, rc, SRV_COMPLETION);
-    if (strcmp(url, "/v1/chat/completions") == 0 && post) return generate(h, c, rc, SRV_CHAT);
-    int known = strcmp(url, "/v1/models") == 0 || strcmp(url, "/v1/completions") == 0 ||
-                strcmp(url, "/v1/chat/completions") == 0 || strcmp(url, "/health") == 0;
+    int kind = job_kind(url);
+    if (kind >= 0 && post) return generate(h, c, rc, (srv_kind)kind);
+    int known = kind >= 0 || strcmp(url, "/v1/models") == 0 || strcmp(url, "/health") == 0;
     char msg[256];
     snprintf(msg, sizeof msg, "%s %s: %s", method, url, known ? "method not allowed" : "unknown route");
     return send_simple_error(c, rc, known ? 405 : 404, "invalid_request_error", known ? "method_not_allowed" : "not_found",
@@ -384,6 +404,10 @@ void srv_http_stop(srv_http *h, double drain_seconds) {
     double until = now_ms() + drain_seconds * 1e3;
     while (atomic_load(&h->active) > 0 && now_ms() < until) usleep(20000);
     srv_engine_stop(h->e); /* cancels what is left; waiting requests get 503 */
+    /* every job is answered now: let the connection threads send the 503s
+     * before the daemon closes their sockets */
+    until = now_ms() + 1e3;
+    while (atomic_load(&h->active) > 0 && now_ms() < until) usleep(5000);
     MHD_stop_daemon(h->d);
     free(h);
 }

@@ -423,6 +423,7 @@ void srv_request_free(srv_request *r) {
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     for (int i = 0; i < r->n_prompts; i++) srv_prompt_free(&r->prompts[i]);
     free(r->prompts);
+    srv_interp_free(&r->interp);
     memset(r, 0, sizeof *r);
 }
 

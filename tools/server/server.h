@@ -9,6 +9,7 @@
  *   http.c    libmicrohttpd glue: routes, auth, error envelope, SSE,
  *             disconnect detection, start and graceful shutdown
  *   chatfmt.c chat prompts: template rendering, stop strings, tokenizing
+ *   interp.c  the /v1/loupe/ endpoints: attention, logit lens, attribution
  *
  * Threads: libmicrohttpd runs one thread per connection; it parses and
  * validates the request, queues a job and waits (polling its socket so a
@@ -26,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "loupe.h"
+#include "loupe_interp.h"
 
 /* ---------------------------------------------------------------- config */
 
@@ -61,6 +63,10 @@ loupe_status srv_chat_prompt(const loupe_model *m, const loupe_chat_message *msg
 /* Tokenizes a completion prompt (BOS as the tokenizer adds it). */
 loupe_status srv_text_prompt(const loupe_model *m, const char *text, size_t len,
                              srv_prompt *out);
+/* Tokenizes text on its own: no BOS, special-token texts as plain text
+ * (an attribution target, as `loupe attribute --target`). */
+loupe_status srv_plain_text(const loupe_model *m, const char *text, size_t len,
+                            srv_prompt *out);
 /* Stop strings chat generation needs besides EOS: "\nUser:" for the
  * fallback template, none otherwise. Returns the count; *stops static. */
 int srv_chat_stops(const loupe_model *m, const char *const **stops);
@@ -70,11 +76,23 @@ size_t srv_token_text(const loupe_model *m, int32_t id, char *buf, size_t cap,
 
 /* --------------------------------------------------------------- request */
 
-typedef enum { SRV_COMPLETION, SRV_CHAT } srv_kind;
+typedef enum { SRV_COMPLETION, SRV_CHAT, SRV_ATTENTION, SRV_LENS, SRV_ATTRIBUTE } srv_kind;
+
+/* The /v1/loupe/ kinds run an interpretability function, not generation. */
+#define SRV_IS_INTERP(kind) ((kind) >= SRV_ATTENTION)
 
 #define SRV_MAX_STOP 4
 #define SRV_MAX_CHOICES 64 /* prompts x n */
 #define SRV_MAX_TOP 20
+
+/* Parameters of the /v1/loupe/ endpoints (the prompt is prompts[0]). */
+typedef struct {
+    int *layers, *heads;   /* attention: (n_layers), (n_heads) model indices */
+    int n_layers, n_heads;
+    int k;                 /* lens: tokens per cell */
+    srv_prompt target;     /* attribute: the target, without special tokens */
+    loupe_attr_params ap;  /* attribute: method, samples, seed */
+} srv_interp;
 
 typedef struct {
     srv_kind kind;
@@ -91,6 +109,7 @@ typedef struct {
     int n_prompts;
     char id[48];         /* "cmpl-..." / "chatcmpl-..." */
     long created;
+    srv_interp interp;   /* SRV_IS_INTERP(kind) */
 } srv_request;
 
 /* An error in OpenAI's envelope: {"error": {message, type, param, code}}. */
@@ -120,6 +139,17 @@ typedef struct {
 int srv_parse_request(const srv_model *sm, srv_kind kind, const char *body, size_t len,
                       srv_request *out, srv_error *err);
 void srv_request_free(srv_request *r);
+
+/* The same for the /v1/loupe/ endpoints (kind SRV_ATTENTION...). */
+int srv_parse_interp(const srv_model *sm, srv_kind kind, const char *body, size_t len,
+                     srv_request *out, srv_error *err);
+void srv_interp_free(srv_interp *x);
+/* Runs an interp request in session s (hooks cleared, session reset
+ * afterwards): *json is the document `loupe attention|lens|attribute -o
+ * FILE.json` writes (malloc'd). LOUPE_ERR_CANCELLED if the session's abort
+ * check stopped it; other failures also fill err. */
+loupe_status srv_interp_run(loupe_session *s, const srv_model *sm, const srv_request *r,
+                            char **json, srv_error *err);
 
 /* ---------------------------------------------------------------- results */
 

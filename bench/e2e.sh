@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# e2e.sh — end-to-end speed and memory of loupe on real-shape models, and
+# optionally llama.cpp's llama-bench on the very same GGUF files.
+#
+#   bench/e2e.sh [STEP...]        steps: prepare bench rss open busy report
+#                                 (default: all, in that order)
+#
+# Environment (defaults in brackets):
+#   BUILD        loupe build directory with loupe, quantize, libloupe.so
+#                [<repo>/build-bench]
+#   MODELS_DIR   scratch dir for checkpoints and converted files, reused
+#                when present; keep it outside the repository [/work/bench-models]
+#   MODELS       presets to run [gpt2 tinyllama]; also llama3.2-1b qwen2.5-0.5b
+#   FORMATS      files to bench [loupe-int8 loupe-f16 gguf-q8_0 gguf-f16]
+#   PP TG THREADS REPS   llama-bench style parameters [512 128 1,2 3]
+#   LLAMA_BENCH  path to a llama-bench binary: also runs it on the gguf files
+#   OUT          results dir [$MODELS_DIR/results/<date>]
+#   IDLE_MAX     most CPU (in % of all cores) others may use before a timed
+#                step starts [15]; IDLE_WAIT seconds to wait for that [900]
+#   BUSY_CPU     core that the busy-machine test keeps busy [1]
+#
+# Each timed step first waits until the machine is idle enough (other
+# processes using < IDLE_MAX % of the CPUs over 3 s) and records what it saw
+# in idle.log; contention.tsv says how much CPU others took during each run.
+# Results: $OUT/*.json (one file per run), $OUT/*.log, $OUT/report.md (the
+# markdown tables, also printed at the end).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+BUILD=${BUILD:-$REPO/build-bench}
+MODELS_DIR=${MODELS_DIR:-/work/bench-models}
+MODELS=${MODELS:-gpt2 tinyllama}
+FORMATS=${FORMATS:-loupe-int8 loupe-f16 gguf-q8_0 gguf-f16}
+PP=${PP:-512}
+TG=${TG:-128}
+THREADS=${THREADS:-1,2}
+REPS=${REPS:-3}
+LLAMA_BENCH=${LLAMA_BENCH:-}
+OUT=${OUT:-$MODELS_DIR/results/$(date +%Y%m%d-%H%M%S)}
+IDLE_MAX=${IDLE_MAX:-15}
+IDLE_WAIT=${IDLE_WAIT:-900}
+BUSY_CPU=${BUSY_CPU:-1}
+PY=/usr/bin/python3
+
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(prepare bench rss open busy report)
+
+die() { echo "e2e.sh: $*" >&2; exit 1; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+for tool in "$BUILD/loupe" "$BUILD/quantize"; do
+    [ -x "$tool" ] || die "$tool not found: build loupe first (cmake --build $BUILD)"
+done
+case "$MODELS_DIR" in "$REPO"/*) die "MODELS_DIR must be outside the repository" ;; esac
+mkdir -p "$MODELS_DIR" "$OUT"
+
+# ------------------------------------------------------------ names
+
+# preset -> the base name of its files in MODELS_DIR
+model_name() {
+    case "$1" in
+    gpt2) echo gpt2-124m ;;
+    tinyllama) echo tinyllama-1.1b ;;
+    llama3.2-1b) echo llama3.2-1b ;;
+    qwen2.5-0.5b) echo qwen2.5-0.5b ;;
+    *) die "unknown preset '$1' (gpt2 tinyllama llama3.2-1b qwen2.5-0.5b)" ;;
+    esac
+}
+
+# model base name, format -> file path
+model_file() {
+    case "$2" in
+    loupe-*) echo "$MODELS_DIR/$1-${2#loupe-}.loupe" ;;
+    gguf-*) echo "$MODELS_DIR/$1-${2#gguf-}.gguf" ;;
+    *) die "unknown format '$2'" ;;
+    esac
+}
+
+# ------------------------------------------------------------ idle check
+
+# Percentage of all CPUs busy over 3 seconds (from /proc/stat).
+cpu_busy_pct() {
+    local a b
+    a=($(head -1 /proc/stat))
+    sleep 3
+    b=($(head -1 /proc/stat))
+    local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) ))
+    local total=0 i
+    for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
+    [ "$total" -gt 0 ] || { echo 0; return; }
+    echo $(( 100 * (total - idle) / total ))
+}
+
+# Waits until the machine is idle enough; appends what it saw to idle.log.
+wait_idle() {
+    local what=$1 waited=0 busy
+    while :; do
+        busy=$(cpu_busy_pct)
+        if [ "$busy" -le "$IDLE_MAX" ]; then
+            echo "$(date -Is) $what: cpu busy ${busy}% (waited ${waited}s)" >> "$OUT/idle.log"
+            return
+        fi
+        if [ "$waited" -ge "$IDLE_WAIT" ]; then
+            echo "$(date -Is) $what: cpu busy ${busy}% after ${waited}s: running anyway" \
+                >> "$OUT/idle.log"
+            log "warning: machine still ${busy}% busy; $what runs anyway"
+            return
+        fi
+        log "machine ${busy}% busy, waiting before $what"
+        sleep 20
+        waited=$(( waited + 23 ))
+    done
+}
+
+# "busy total" jiffies of all CPUs so far (from /proc/stat).
+cpu_jiffies() {
+    local a i total=0
+    a=($(head -1 /proc/stat))
+    for i in 1 2 3 4 5 6 7 8; do total=$(( total + a[i] )); done
+    echo "$(( total - a[4] - a[5] )) $total"
+}
+
+# Runs a timed command and appends to contention.tsv (label, wall s, own CPU
+# s, others %) how much CPU other processes used meanwhile: all busy CPU
+# time minus the command's own, in % of the machine. Above a few % the
+# run's numbers are suspect.
+timed() { # label cmd...
+    local label=$1 before after
+    shift
+    before=$(cpu_jiffies)
+    /usr/bin/time -f "%e %U %S" -o "$OUT/.time" "$@"
+    after=$(cpu_jiffies)
+    echo "$label $before $after $(cat "$OUT/.time") $(getconf CLK_TCK)" | awk '{
+        n = NF; hz = $n; sys = $(n - 1); user = $(n - 2); wall = $(n - 3)
+        b0 = $(n - 7); t0 = $(n - 6); b1 = $(n - 5); t1 = $(n - 4)
+        label = $1; for (i = 2; i <= n - 8; i++) label = label " " $i
+        busy = (b1 - b0) / hz; total = (t1 - t0) / hz; own = user + sys
+        others = total > 0 ? (busy - own) / total * 100 : 0
+        if (others < 0) others = 0
+        printf "%s\t%.1f\t%.1f\t%.1f\n", label, wall, own, others
+    }' >> "$OUT/contention.tsv"
+}
+
+# ------------------------------------------------------------ prepare
+
+prepare_model() {
+    local preset=$1 name hf
+    name=$(model_name "$preset")
+    hf="$MODELS_DIR/$name-hf"
+    if [ ! -f "$hf/config.json" ] || ! ls "$hf"/*.safetensors > /dev/null 2>&1; then
+        log "synthesizing $preset into $hf"
+        "$PY" "$REPO/tests/ref/synth.py" --preset "$preset" --dtype f16 --out "$hf"
+    fi
+    local fmt f
+    for fmt in $FORMATS; do
+        f=$(model_file "$name" "$fmt")
+        [ -s "$f" ] && continue
+        log "writing $f"
+        case "$fmt" in
+        loupe-*) "$BUILD/quantize" "$hf" "$f" --type "${fmt#loupe-}" --force > /dev/null ;;
+        gguf-*) "$PY" "$HERE/make_gguf.py" "$hf" "$f" --type "${fmt#gguf-}" ;;
+        esac
+    done
+}
+
+build_open_time() {
+    local bin="$MODELS_DIR/bin/open_time"
+    mkdir -p "$MODELS_DIR/bin"
+    if [ ! -x "$bin" ] || [ "$HERE/open_time.c" -nt "$bin" ]; then
+        cc -O2 -std=c11 -Wall -Wextra -I"$REPO/include" "$HERE/open_time.c" \
+            -L"$BUILD" -lloupe -Wl,-rpath,"$BUILD" -o "$bin"
+    fi
+    echo "$bin"
+}
+
+# ------------------------------------------------------------ bench
+
+bench_loupe() { # name fmt
+    local f out
+    f=$(model_file "$1" "$2")
+    out="$OUT/bench-loupe-$1-$2.json"
+    wait_idle "loupe bench $1 $2"
+    log "loupe bench $(basename "$f")"
+    timed "loupe $1 $2" "$BUILD/loupe" bench -m "$f" -p "$PP" -n "$TG" -t "$THREADS" \
+        -r "$REPS" --json > "$out" 2> "$OUT/bench-loupe-$1-$2.log"
+}
+
+bench_llama() { # name fmt
+    local f out
+    f=$(model_file "$1" "$2")
+    out="$OUT/bench-llama-$1-$2.json"
+    wait_idle "llama-bench $1 $2"
+    log "llama-bench $(basename "$f")"
+    timed "llama.cpp $1 $2" "$LLAMA_BENCH" -m "$f" -p "$PP" -n "$TG" -t "$THREADS" \
+        -r "$REPS" -o json > "$out" 2> "$OUT/bench-llama-$1-$2.log"
+}
+
+step_bench() {
+    local preset name fmt
+    for preset in $MODELS; do
+        name=$(model_name "$preset")
+        for fmt in $FORMATS; do
+            bench_loupe "$name" "$fmt"
+            if [ -n "$LLAMA_BENCH" ] && [ "${fmt%%-*}" = gguf ]; then
+                bench_llama "$name" "$fmt"
+            fi
+        done
+    done
+}
+
+# ------------------------------------------------------------ rss
+
+# Peak RSS of a decode run: a short prompt, then TG tokens, 1 thread, the
+# model's full context (so the KV cache is allocated at its largest).
+step_rss() {
+    local preset name fmt f
+    for preset in $MODELS; do
+        name=$(model_name "$preset")
+        for fmt in $FORMATS; do
+            f=$(model_file "$name" "$fmt")
+            "$BUILD/loupe" info -m "$f" > "$OUT/info-$name-$fmt.txt" 2>&1
+            log "peak RSS: loupe run $(basename "$f")"
+            /usr/bin/time -v "$BUILD/loupe" run -m "$f" -p "Once upon a time" -n "$TG" \
+                --temp 0 --ignore-eos -t 1 > /dev/null 2> "$OUT/rss-loupe-$name-$fmt.log"
+            if [ -n "$LLAMA_BENCH" ] && [ "${fmt%%-*}" = gguf ]; then
+                log "peak RSS: llama-bench $(basename "$f")"
+                /usr/bin/time -v "$LLAMA_BENCH" -m "$f" -p 0 -n "$TG" -t 1 -r 1 \
+                    > /dev/null 2> "$OUT/rss-llama-$name-$fmt.log"
+            fi
+        done
+    done
+}
+
+# ------------------------------------------------------------ open
+
+# loupe_model_open() time of every .loupe and .gguf file (cold and warm).
+step_open() {
+    local bin preset name fmt f
+    bin=$(build_open_time)
+    : > "$OUT/open.jsonl"
+    for preset in $MODELS; do
+        name=$(model_name "$preset")
+        for fmt in $FORMATS; do
+            f=$(model_file "$name" "$fmt")
+            wait_idle "open $name $fmt"
+            "$bin" "$f" 10 >> "$OUT/open.jsonl"
+        done
+    done
+}
+
+# ------------------------------------------------------------ busy
+
+# 2-thread decode with and without one core taken by `yes > /dev/null`.
+busy_run() { # tag
+    local preset name f
+    for preset in $MODELS; do
+        name=$(model_name "$preset")
+        f=$(model_file "$name" loupe-int8)
+        if [ -s "$f" ]; then
+            timed "busy-$1 loupe $name" "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t 2 \
+                -r "$REPS" --json > "$OUT/busy-$1-loupe-$name-loupe-int8.json" 2>> "$OUT/busy.log"
+        fi
+        f=$(model_file "$name" gguf-q8_0)
+        if [ -n "$LLAMA_BENCH" ] && [ -s "$f" ]; then
+            timed "busy-$1 llama.cpp $name" "$LLAMA_BENCH" -m "$f" -p 0 -n "$TG" -t 2 \
+                -r "$REPS" -o json > "$OUT/busy-$1-llama-$name-gguf-q8_0.json" 2>> "$OUT/busy.log"
+        fi
+    done
+}
+
+step_busy() {
+    wait_idle "busy test (idle half)"
+    log "busy test: idle machine"
+    busy_run idle
+    log "busy test: core $BUSY_CPU taken by yes > /dev/null"
+    taskset -c "$BUSY_CPU" yes > /dev/null &
+    local hog=$!
+    trap 'kill "$hog" 2> /dev/null || true' EXIT
+    busy_run busy
+    kill "$hog"
+    wait "$hog" 2> /dev/null || true
+    trap - EXIT
+}
+
+# ------------------------------------------------------------ report
+
+step_report() {
+    "$PY" "$HERE/e2e_report.py" "$OUT" --models "$MODELS" --formats "$FORMATS" \
+        --models-dir "$MODELS_DIR" --pp "$PP" --tg "$TG" > "$OUT/report.md"
+    cat "$OUT/report.md"
+}
+
+# ------------------------------------------------------------ main
+
+{
+    echo "date: $(date -Is)"
+    echo "host: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cpus"
+    echo "loupe: $("$BUILD/loupe" --version 2>/dev/null || echo unknown) ($BUILD)"
+    echo "llama-bench: ${LLAMA_BENCH:-none}"
+    echo "PP=$PP TG=$TG THREADS=$THREADS REPS=$REPS MODELS=$MODELS FORMATS=$FORMATS"
+} >> "$OUT/run.txt"
+
+for step in "${STEPS[@]}"; do
+    case "$step" in
+    prepare) for p in $MODELS; do prepare_model "$p"; done ;;
+    bench) step_bench ;;
+    rss) step_rss ;;
+    open) step_open ;;
+    busy) step_busy ;;
+    report) step_report ;;
+    *) die "unknown step '$step' (prepare bench rss open busy report)" ;;
+    esac
+done
+log "results in $OUT"

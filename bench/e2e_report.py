@@ -1,0 +1,255 @@
+#!/usr/bin/python3
+"""e2e_report.py — turns the files bench/e2e.sh wrote into markdown tables.
+
+    e2e_report.py OUT_DIR... --models "gpt2 tinyllama" --formats "loupe-int8 ..."
+                  [--models-dir DIR] [--pp 512] [--tg 128] [--bw 1:14.6,2:26.8]
+
+Several OUT_DIRs merge: a speed measured in a later directory replaces an
+earlier one (e.g. 1-thread runs from one session, 2-thread runs from
+another); other files come from the last directory that has them.
+
+Speeds are medians over the timed repetitions (tokens / sample time, from
+samples_ns, which loupe bench and llama-bench both write). The decode
+roofline is bandwidth / bytes of weights read per generated token: every
+matrix once (the token embedding only when it doubles as the tied output
+head; one embedding row is negligible); KV-cache reads are left out (at most
+TG positions, < 1 % here).
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+
+NAMES = {"gpt2": "gpt2-124m", "tinyllama": "tinyllama-1.1b",
+         "llama3.2-1b": "llama3.2-1b", "qwen2.5-0.5b": "qwen2.5-0.5b"}
+PRETTY = {"gpt2-124m": "GPT-2 124M", "tinyllama-1.1b": "TinyLlama 1.1B",
+          "llama3.2-1b": "Llama 3.2 1B", "qwen2.5-0.5b": "Qwen2.5 0.5B"}
+ELEM_BYTES = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32}
+SAME_WEIGHTS = {"loupe-int8": "gguf-q8_0", "loupe-f16": "gguf-f16",
+                "gguf-q8_0": "gguf-q8_0", "gguf-f16": "gguf-f16"}
+
+# ------------------------------------------------------------------ reading
+
+
+def load_json(path):
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def median_ts(rec):
+    n = rec["n_prompt"] + rec["n_gen"]
+    return statistics.median(n / (ns / 1e9) for ns in rec["samples_ns"])
+
+
+def find(dirs, name):
+    """The path of name in the last of dirs that has it (else in the last)."""
+    for d in reversed(dirs):
+        if os.path.exists(os.path.join(d, name)):
+            return os.path.join(d, name)
+    return os.path.join(dirs[-1], name)
+
+
+def speeds(dirs, name, pp, tg):
+    """{(test, threads): median tok/s} from loupe or llama-bench JSON files
+    called name in dirs (later directories win)."""
+    recs = []
+    for d in dirs:
+        recs += load_json(os.path.join(d, name)) or []
+    out = {}
+    for r in recs:
+        if r["n_prompt"] == pp and r["n_gen"] == 0:
+            out[("pp", r["n_threads"])] = median_ts(r)
+        elif r["n_prompt"] == 0 and r["n_gen"] == tg:
+            out[("tg", r["n_threads"])] = median_ts(r)
+    return out
+
+
+def parse_info(path):
+    """bytes read per decode token and KV bytes at full context, from
+    `loupe info`."""
+    if not os.path.exists(path):
+        return None
+    txt = open(path).read()
+    tensors = re.findall(r"^\s+(\S+)\s+(F32|F16|BF16|Q8_0)\s+\[([\d, ]+)\]", txt, re.M)
+    tied = "tied to the token embedding" in txt
+    per_tok = 0.0
+    for name, typ, shape in tensors:
+        dims = [int(x) for x in shape.split(",")]
+        if len(dims) != 2:
+            continue
+        nbytes = dims[0] * dims[1] * ELEM_BYTES[typ]
+        base = name.replace(".weight", "")
+        if base == "position_embd":
+            continue
+        if base == "token_embd" and not tied:
+            continue
+        per_tok += nbytes
+    m = re.search(r"KV cache ([\d.]+) KiB per token, ([\d.]+) MiB at context (\d+)", txt)
+    kv = (float(m.group(2)) * 2**20, int(m.group(3))) if m else (0.0, 0)
+    return {"bytes_per_token": per_tok, "kv_bytes": kv[0], "n_ctx": kv[1], "tied": tied}
+
+
+def max_rss_kb(path):
+    if not os.path.exists(path):
+        return None
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(path).read())
+    return int(m.group(1)) if m else None
+
+# ------------------------------------------------------------------ tables
+
+
+def fmt(x, nd=1):
+    return "—" if x is None else ("%.*f" % (nd, x))
+
+
+def table(head, rows):
+    out = ["| " + " | ".join(head) + " |",
+           "|" + "|".join("---:" if i else "---" for i in range(len(head))) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def file_of(mdir, name, fmtname):
+    kind, typ = fmtname.split("-", 1)
+    return os.path.join(mdir, "%s-%s.%s" % (name, typ, kind))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="+")
+    ap.add_argument("--models", default="gpt2 tinyllama")
+    ap.add_argument("--formats", default="loupe-int8 loupe-f16 gguf-q8_0 gguf-f16")
+    ap.add_argument("--models-dir", default="/work/bench-models")
+    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--bw", default="1:14.6,2:26.8", help="threads:GB/s,...")
+    a = ap.parse_args()
+    names = [NAMES[m] for m in a.models.split()]
+    fmts = a.formats.split()
+    bw = {int(k): float(v) for k, v in (x.split(":") for x in a.bw.split(","))}
+    th = sorted(bw)
+    pp, tg = a.pp, a.tg
+    S = {}  # (engine, name, fmt) -> speeds
+    for n in names:
+        for f in fmts:
+            S[("loupe", n, f)] = speeds(a.out, "bench-loupe-%s-%s.json" % (n, f), pp, tg)
+            if f.startswith("gguf"):
+                S[("llama.cpp", n, f)] = speeds(a.out, "bench-llama-%s-%s.json" % (n, f), pp, tg)
+
+    print("## Throughput (median tok/s)\n")
+    head = ["model", "engine", "file"] + ["pp%d t=%d" % (pp, t) for t in th] + \
+           ["tg%d t=%d" % (tg, t) for t in th]
+    rows = []
+    for n in names:
+        for f in fmts:
+            for eng in ("loupe", "llama.cpp"):
+                s = S.get((eng, n, f))
+                if not s:
+                    continue
+                rows.append([PRETTY[n], eng, os.path.basename(file_of(a.models_dir, n, f))] +
+                            [fmt(s.get(("pp", t))) for t in th] +
+                            [fmt(s.get(("tg", t)), 2) for t in th])
+    print(table(head, rows))
+
+    print("\n## loupe ÷ llama.cpp (same weights; llama.cpp on the GGUF file)\n")
+    head = ["model", "loupe file", "llama.cpp file"] + ["pp t=%d" % t for t in th] + \
+           ["tg t=%d" % t for t in th]
+    rows = []
+    for n in names:
+        for f in fmts:
+            ref = S.get(("llama.cpp", n, SAME_WEIGHTS[f]))
+            s = S.get(("loupe", n, f))
+            if not ref or not s:
+                continue
+
+            def ratio(k):
+                return fmt(s[k] / ref[k], 2) if k in s and k in ref else "—"
+            rows.append([PRETTY[n], os.path.basename(file_of(a.models_dir, n, f)),
+                         os.path.basename(file_of(a.models_dir, n, SAME_WEIGHTS[f]))] +
+                        [ratio(("pp", t)) for t in th] + [ratio(("tg", t)) for t in th])
+    print(table(head, rows) if rows else "(no llama-bench results)")
+
+    print("\n## Decode roofline (weight bytes per token ÷ bandwidth: %s)\n" %
+          ", ".join("%g GB/s at %d thread%s" % (bw[t], t, "s" if t > 1 else "") for t in th))
+    head = ["model", "file", "MB/token"] + ["roof t=%d" % t for t in th] + \
+           ["loupe t=%d" % t for t in th] + ["llama.cpp t=%d" % t for t in th]
+    rows = []
+    for n in names:
+        for f in fmts:
+            info = parse_info(find(a.out, "info-%s-%s.txt" % (n, f)))
+            if not info:
+                continue
+            b = info["bytes_per_token"]
+            roof = {t: bw[t] * 1e9 / b for t in th}
+            lo = S.get(("loupe", n, f), {})
+            ll = S.get(("llama.cpp", n, f), {})
+
+            def pct(s, t):
+                v = s.get(("tg", t))
+                return "—" if v is None else "%.2f (%d%%)" % (v, round(100 * v / roof[t]))
+            rows.append([PRETTY[n], os.path.basename(file_of(a.models_dir, n, f)),
+                         fmt(b / 1e6, 0)] + [fmt(roof[t], 2) for t in th] +
+                        [pct(lo, t) for t in th] + [pct(ll, t) if ll else "—" for t in th])
+    print(table(head, rows) if rows else "(no `loupe info` output: run the rss step)")
+
+    print("\n## Peak RSS of a decode run (loupe run, 1 thread, full context)\n")
+    head = ["model", "file", "file MiB", "KV MiB (ctx)", "file + KV MiB", "loupe peak RSS MiB",
+            "RSS ÷ (file + KV)", "RSS − file MiB", "llama-bench -n %d RSS MiB" % tg]
+    rows = []
+    for n in names:
+        for f in fmts:
+            path = file_of(a.models_dir, n, f)
+            info = parse_info(find(a.out, "info-%s-%s.txt" % (n, f)))
+            rss = max_rss_kb(find(a.out, "rss-loupe-%s-%s.log" % (n, f)))
+            if not info or rss is None or not os.path.exists(path):
+                continue
+            size = os.path.getsize(path) / 2**20
+            kv = info["kv_bytes"] / 2**20
+            lrss = max_rss_kb(find(a.out, "rss-llama-%s-%s.log" % (n, f)))
+            rows.append([PRETTY[n], os.path.basename(path), fmt(size, 0),
+                         "%s (%d)" % (fmt(kv, 0), info["n_ctx"]), fmt(size + kv, 0),
+                         fmt(rss / 1024, 0), fmt(rss / 1024 / (size + kv), 2),
+                         fmt(rss / 1024 - size, 0), fmt(lrss / 1024, 0) if lrss else "—"])
+    print(table(head, rows) if rows else "(no RSS measurements)")
+
+    opens = []
+    op = find(a.out, "open.jsonl")
+    if os.path.exists(op):
+        opens = [json.loads(ln) for ln in open(op) if ln.strip()]
+    print("\n## loupe_model_open time (ms)\n")
+    rows = [[os.path.basename(o["model"]), fmt(os.path.getsize(o["model"]) / 2**20, 0),
+             fmt(o["cold_ms"], 1), fmt(o["warm_min_ms"], 1), fmt(o["warm_median_ms"], 1)]
+            for o in opens if os.path.exists(o["model"])]
+    print(table(["file", "MiB", "cold (page cache dropped)", "warm min", "warm median"], rows)
+          if rows else "(no open times)")
+
+    print("\n## Busy machine: tg%d at 2 threads, one core taken by `yes > /dev/null`\n" % tg)
+    rows = []
+    for n in names:
+        for eng, tag, f in (("loupe", "loupe", "loupe-int8"), ("llama.cpp", "llama", "gguf-q8_0")):
+            idle = speeds(a.out, "busy-idle-%s-%s-%s.json" % (tag, n, f), 0, tg)
+            busy = speeds(a.out, "busy-busy-%s-%s-%s.json" % (tag, n, f), 0, tg)
+            i, b = idle.get(("tg", 2)), busy.get(("tg", 2))
+            if i is None and b is None:
+                continue
+            rows.append([PRETTY[n], eng, os.path.basename(file_of(a.models_dir, n, f)),
+                         fmt(i, 2), fmt(b, 2), fmt(b / i, 2) if i and b else "—"])
+    print(table(["model", "engine", "file", "idle tok/s", "busy tok/s", "busy ÷ idle"], rows)
+          if rows else "(no busy-machine runs)")
+
+    rows = []
+    for d in a.out:
+        ct = os.path.join(d, "contention.tsv")
+        if os.path.exists(ct):
+            rows += [[os.path.basename(d)] + ln.rstrip("\n").split("\t")
+                     for ln in open(ct) if ln.strip()]
+    if rows:
+        print("\n## CPU used by other processes during each run (% of the machine)\n")
+        print(table(["dir", "run", "wall s", "own CPU s", "others %"], rows))
+
+
+if __name__ == "__main__":
+    main()
