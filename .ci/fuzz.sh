@@ -15,7 +15,8 @@ B=build-fuzz
 TARGETS=(fuzz_gguf fuzz_safetensors fuzz_loupe fuzz_config_json fuzz_tokenizer_json fuzz_tokenize)
 [ $# -gt 0 ] && TARGETS=("$@")
 
-if ! command -v clang >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1; then
+if ! command -v clang >/dev/null ||
+  ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a >/dev/null 2>&1; then
   LOUPE_WITH_FUZZ=1 bash tools/setup-deps.sh || exit 1
 fi
 CC=clang cmake -S . -B $B -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOUPE_FUZZ=ON >/dev/null || exit 1
@@ -32,7 +33,8 @@ seeds=$work/seeds
 mkdir -p "$seeds/fuzz_loupe"
 for src in llama-q8:int8 llama-q8:f16 gpt2-f32:f32; do
   $B/quantize "$seeds/fuzz_gguf/${src%%:*}.gguf" "$seeds/fuzz_loupe/${src%%:*}-${src##*:}.loupe" \
-    --type "${src##*:}" --threads 1 --force >/dev/null 2>&1 || { echo "quantize $src failed"; exit 1; }
+    --type "${src##*:}" --threads 1 --force >/dev/null 2>&1 ||
+    { echo "quantize $src failed"; exit 1; }
 done
 
 pass=0 fail=0

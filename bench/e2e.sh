@@ -17,6 +17,8 @@
 #   OUT          results dir [$MODELS_DIR/results/<date>]
 #   IDLE_MAX     most CPU (in % of all cores) others may use before a timed
 #                step starts [15]; IDLE_WAIT seconds to wait for that [900]
+#   CONTENTION_MAX  a timed unit during which others used more than this %
+#                of the machine is run again [10], up to RETRIES times [3]
 #   BUSY_CPU     core that the busy-machine test keeps busy [1]
 #
 # Each timed step first waits until the machine is idle enough (other
@@ -39,6 +41,8 @@ REPS=${REPS:-3}
 LLAMA_BENCH=${LLAMA_BENCH:-}
 OUT=${OUT:-$MODELS_DIR/results/$(date +%Y%m%d-%H%M%S)}
 IDLE_MAX=${IDLE_MAX:-15}
+CONTENTION_MAX=${CONTENTION_MAX:-10}
+RETRIES=${RETRIES:-3}
 IDLE_WAIT=${IDLE_WAIT:-900}
 BUSY_CPU=${BUSY_CPU:-1}
 PY=/usr/bin/python3
@@ -139,7 +143,7 @@ timed() { # label cmd...
         others = total > 0 ? (busy - own) / total * 100 : 0
         if (others < 0) others = 0
         printf "%s\t%.1f\t%.1f\t%.1f\n", label, wall, own, others
-    }' >> "$OUT/contention.tsv"
+    }' | tee -a "$OUT/contention.tsv" | cut -f4 > "$OUT/.others"
 }
 
 # ------------------------------------------------------------ prepare
@@ -176,35 +180,48 @@ build_open_time() {
 
 # ------------------------------------------------------------ bench
 
-bench_loupe() { # name fmt
-    local f out
-    f=$(model_file "$1" "$2")
-    out="$OUT/bench-loupe-$1-$2.json"
-    wait_idle "loupe bench $1 $2"
-    log "loupe bench $(basename "$f")"
-    timed "loupe $1 $2" "$BUILD/loupe" bench -m "$f" -p "$PP" -n "$TG" -t "$THREADS" \
-        -r "$REPS" --json > "$out" 2> "$OUT/bench-loupe-$1-$2.log"
+# One timed unit: engine (loupe or llama), model, format, threads, test
+# (pp or tg). A unit whose result file exists is skipped, so an interrupted
+# run resumes with the same OUT. A unit during which other processes took
+# more than CONTENTION_MAX % of the machine is run again, up to RETRIES times
+# (the last try is kept; contention.tsv lists every try).
+bench_unit() { # engine name fmt threads test
+    local engine=$1 name=$2 fmt=$3 t=$4 test=$5 f out p=0 n=0 try others
+    f=$(model_file "$name" "$fmt")
+    out="$OUT/bench-$engine-$name-$fmt-t$t-$test.json"
+    [ -s "$out" ] && return
+    if [ "$test" = pp ]; then p=$PP; else n=$TG; fi
+    for try in $(seq "$RETRIES"); do
+        wait_idle "$engine $name $fmt t=$t $test"
+        log "$engine $(basename "$f") t=$t $test (try $try)"
+        if [ "$engine" = loupe ]; then
+            timed "loupe $name $fmt t=$t $test" "$BUILD/loupe" bench -m "$f" -p "$p" -n "$n" \
+                -t "$t" -r "$REPS" --json > "$out.part" 2>> "$OUT/bench.log"
+        else
+            timed "llama.cpp $name $fmt t=$t $test" "$LLAMA_BENCH" -m "$f" -p "$p" -n "$n" \
+                -t "$t" -r "$REPS" -o json > "$out.part" 2>> "$OUT/bench.log"
+        fi
+        others=$(cat "$OUT/.others")
+        [ "${others%.*}" -le "$CONTENTION_MAX" ] && break
+        log "others took ${others}% of the machine meanwhile"
+    done
+    mv "$out.part" "$out"
 }
 
-bench_llama() { # name fmt
-    local f out
-    f=$(model_file "$1" "$2")
-    out="$OUT/bench-llama-$1-$2.json"
-    wait_idle "llama-bench $1 $2"
-    log "llama-bench $(basename "$f")"
-    timed "llama.cpp $1 $2" "$LLAMA_BENCH" -m "$f" -p "$PP" -n "$TG" -t "$THREADS" \
-        -r "$REPS" -o json > "$out" 2> "$OUT/bench-llama-$1-$2.log"
-}
-
+# loupe and llama.cpp on the same weights run back to back, test by test.
 step_bench() {
-    local preset name fmt
+    local preset name fmt t test
     for preset in $MODELS; do
         name=$(model_name "$preset")
-        for fmt in $FORMATS; do
-            bench_loupe "$name" "$fmt"
-            if [ -n "$LLAMA_BENCH" ] && [ "${fmt%%-*}" = gguf ]; then
-                bench_llama "$name" "$fmt"
-            fi
+        for t in ${THREADS//,/ }; do
+            for test in pp tg; do
+                for fmt in $FORMATS; do
+                    bench_unit loupe "$name" "$fmt" "$t" "$test"
+                    if [ -n "$LLAMA_BENCH" ] && [ "${fmt%%-*}" = gguf ]; then
+                        bench_unit llama "$name" "$fmt" "$t" "$test"
+                    fi
+                done
+            done
         done
     done
 }

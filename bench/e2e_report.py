@@ -16,6 +16,7 @@ head; one embedding row is negligible); KV-cache reads are left out (at most
 TG positions, < 1 % here).
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -53,11 +54,15 @@ def find(dirs, name):
 
 
 def speeds(dirs, name, pp, tg):
-    """{(test, threads): median tok/s} from loupe or llama-bench JSON files
-    called name in dirs (later directories win)."""
+    """{(test, threads): median tok/s} from the loupe or llama-bench JSON
+    files name (one run of all tests) and name-t*-{pp,tg}.json (one test
+    each) in dirs; later directories win."""
     recs = []
     for d in dirs:
-        recs += load_json(os.path.join(d, name)) or []
+        paths = [os.path.join(d, name)]
+        paths += sorted(glob.glob(os.path.join(d, name[:-len(".json")] + "-t*-*.json")))
+        for path in paths:
+            recs += load_json(path) or []
     out = {}
     for r in recs:
         if r["n_prompt"] == pp and r["n_gen"] == 0:

@@ -16,6 +16,10 @@
 
 /* ------------------------------------------------------------ matmul */
 
+/* Below this many multiply-adds a matmul or attention call runs on the
+ * calling thread: waking a worker costs a few microseconds. */
+#define LP_MIN_PARALLEL_MACS (1u << 18)
+
 typedef struct {
     const lp_kernels *k;
     float *Y;
@@ -63,10 +67,12 @@ void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const
         lp_pool_run(s->pool, T, lp_quant_task, &qj);
         j.Xq = s->xq;
     }
-    /* ~4 tasks per thread for balance; multiples of 16 rows for the tiles */
+    /* ~4 tasks per thread for balance; multiples of 16 rows for the tiles.
+     * A small product is not worth waking other threads for. */
     int n_threads = lp_pool_size(s->pool);
+    if ((size_t)W->rows * W->cols * T < LP_MIN_PARALLEL_MACS) n_threads = 1;
     int per = (W->rows + 4 * n_threads - 1) / (4 * n_threads);
-    per = (per + 15) & ~15;
+    per = n_threads == 1 ? W->rows : (per + 15) & ~15;
     if (per < 16) per = 16;
     j.rows_per_task = per;
     lp_pool_run(s->pool, (W->rows + per - 1) / per, lp_matmul_task, &j);
@@ -190,7 +196,11 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
         j.a.probs = s->pattern;
         j.a.probs_ld = n_keys;
     }
-    lp_pool_run(s->pool, hp->n_heads, lp_attn_task, &j);
+    size_t attn_macs = (size_t)hp->n_heads * T * n_keys * D * 2;
+    if (attn_macs < LP_MIN_PARALLEL_MACS)
+        for (int h = 0; h < hp->n_heads; h++) lp_attn_task(&j, h, 0);
+    else
+        lp_pool_run(s->pool, hp->n_heads, lp_attn_task, &j);
     if (want_pattern && lp_hooks_fire(s, LOUPE_HOOK_ATTN_PATTERN, l, pos0, T, n_keys,
                                       hp->n_heads, s->pattern))
         return 1;

@@ -3,20 +3,22 @@
  *
  * lp_pool_run() publishes a job (a new generation number), wakes the
  * workers, and takes part itself. Tasks are claimed from an atomic counter,
- * so uneven tasks balance. Waiting threads spin for a short while (a decode
- * step launches many small jobs back to back) and then sleep on a condition
- * variable, so a machine whose cores are busy elsewhere is not starved by
- * spinning threads.
+ * so uneven tasks balance. Waiting threads spin on an atomic load for about
+ * LP_SPIN_NS (a decode step launches many small jobs back to back, and a
+ * futex wake-up costs more than the gap between them) and then sleep on a
+ * condition variable, so a machine whose cores are busy elsewhere — or an
+ * emulator — is not starved by spinning threads. No system call is made
+ * while spinning.
  */
 #include "threadpool.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
-#define LP_SPIN_ITERS 20000
+#define LP_SPIN_NS 100000 /* 0.1 ms */
 
 struct lp_pool {
     int n_threads; /* including the caller */
@@ -26,8 +28,7 @@ struct lp_pool {
     pthread_cond_t done;   /* the caller waits here for completion */
     atomic_uint generation;
     atomic_int next_task;
-    atomic_int n_done;     /* threads finished with the current job */
-    atomic_int sleepers_done;
+    atomic_uint n_done;    /* workers finished with the current job */
     int stop;
     /* current job */
     lp_task_fn task;
@@ -43,6 +44,26 @@ typedef struct {
 int lp_ncpu(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+static int64_t lp_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spins until *word != seen or LP_SPIN_NS pass; returns the last value. */
+static unsigned lp_spin_while_equal(atomic_uint *word, unsigned seen) {
+    int64_t deadline = 0;
+    for (unsigned i = 1;; i++) {
+        unsigned v = atomic_load_explicit(word, memory_order_acquire);
+        if (v != seen) return v;
+        if ((i & 255) == 0) { /* look at the clock now and then */
+            int64_t now = lp_now_ns();
+            if (!deadline) deadline = now + LP_SPIN_NS;
+            else if (now > deadline) return v;
+        }
+    }
 }
 
 static void lp_pool_work(lp_pool *p, int thread) {
@@ -61,25 +82,18 @@ static void *lp_worker_main(void *arg) {
     unsigned seen = 0;
     for (;;) {
         /* spin, then sleep, until a new generation is published */
-        unsigned gen;
-        int spins = 0;
-        while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
-            if (++spins < LP_SPIN_ITERS) {
-                sched_yield();
-                continue;
-            }
+        unsigned gen = lp_spin_while_equal(&p->generation, seen);
+        if (gen == seen) {
             pthread_mutex_lock(&p->mu);
-            while (atomic_load(&p->generation) == seen && !p->stop)
+            while ((gen = atomic_load(&p->generation)) == seen && !p->stop)
                 pthread_cond_wait(&p->wake, &p->mu);
             pthread_mutex_unlock(&p->mu);
-            spins = 0;
-            if (p->stop) return NULL;
         }
         if (p->stop) return NULL;
         seen = gen;
         lp_pool_work(p, thread);
         if (atomic_fetch_add_explicit(&p->n_done, 1, memory_order_acq_rel) + 1 ==
-            p->n_threads - 1) {
+            (unsigned)p->n_threads - 1) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
             pthread_mutex_unlock(&p->mu);
@@ -152,15 +166,12 @@ void lp_pool_run(lp_pool *p, int n_tasks, lp_task_fn task, void *ctx) {
 
     lp_pool_work(p, 0);
 
-    int spins = 0;
-    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) {
-        if (++spins < LP_SPIN_ITERS) {
-            sched_yield();
-            continue;
-        }
+    /* wait for the workers: spin while the count moves, then sleep */
+    unsigned all = (unsigned)p->n_threads - 1, done;
+    while ((done = atomic_load_explicit(&p->n_done, memory_order_acquire)) < all) {
+        if (lp_spin_while_equal(&p->n_done, done) != done) continue;
         pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->n_done) < p->n_threads - 1)
-            pthread_cond_wait(&p->done, &p->mu);
+        while (atomic_load(&p->n_done) < all) pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
 }

@@ -32,20 +32,24 @@ void fz_fail(const char *fmt, ...) {
 
 static char fz_dir[512];
 
-static void fz_cleanup(void) {
-    DIR *d = opendir(fz_dir);
+/* Removes dir and what it holds (targets make at most one level of
+ * subdirectories). */
+static void fz_remove_tree(const char *dir, int depth) {
+    DIR *d = opendir(dir);
     if (d) {
         struct dirent *e;
         char p[1024];
         while ((e = readdir(d)))
             if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof p, "%s/%s", fz_dir, e->d_name);
-                unlink(p);
+                snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+                if (unlink(p) != 0 && depth < 2) fz_remove_tree(p, depth + 1);
             }
         closedir(d);
     }
-    rmdir(fz_dir);
+    rmdir(dir);
 }
+
+static void fz_cleanup(void) { fz_remove_tree(fz_dir, 0); }
 
 static void fz_init_dir(void) {
     const char *base = getenv("FZ_TMP");

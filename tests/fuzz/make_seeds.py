@@ -47,7 +47,7 @@ def put(out, target, name, data):
 def spm_vocab():
     """A 16-token SentencePiece-style vocabulary: specials, bytes, pieces."""
     toks = ["<unk>", "<s>", "</s>", "<0x0A>", "<0x20>", "<0xC3>", "<0xA9>",
-            "\u2581", "\u2581H", "e", "l", "o", "\u2581w", "r", "d", "ll"]
+            "\u2581", "\u2581H", "e", "l", "o", "\u2581w", "H", "w", "ll"]
     types = [2, 3, 3, 6, 6, 6, 6] + [1] * 9
     scores = [0.0] * 7 + [-float(i) for i in range(9)]
     return toks, types, scores
@@ -253,7 +253,8 @@ def tokenizer_json_seeds(out):
         "decoder": None,
         "model": {"type": "BPE", "byte_fallback": True, "unk_token": "<unk>",
                   "vocab": {t: i for i, t in enumerate(toks)},
-                  "merges": [["l", "l"], ["\u2581", "H"]]}}, ensure_ascii=False))
+                  "merges": [["l", "l"], ["\u2581", "H"], ["\u2581", "w"]]}},
+        ensure_ascii=False))
     btoks, _, merges = bpe_vocab()
     put(out, "fuzz_tokenizer_json", "bytelevel-features.json", json.dumps({
         "added_tokens": [{"id": 14, "content": "<|im_start|>", "special": True,
@@ -261,8 +262,8 @@ def tokenizer_json_seeds(out):
                          {"id": 15, "content": "<|endoftext|>", "special": False}],
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t)|\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"},
-             "behavior": "Isolated", "invert": False},
+            {"type": "Split", "behavior": "Isolated", "invert": False, "pattern": {
+                "Regex": "(?i:'s|'t)|\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"}},
             {"type": "Digits", "individual_digits": True},
             {"type": "Split", "pattern": {"String": "."}, "behavior": "MergedWithPrevious"},
             {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]},
