@@ -52,13 +52,14 @@ report() {
 
 if [ "${1:-}" = "--all" ]; then
   # cmocka tests: ctest's memcheck wraps each test executable.
+  rm -f $B/Testing/Temporary/MemoryChecker.*.log
   ctest --test-dir $B -T memcheck -R '^test_' --timeout $((LIMIT * 4)) \
     --overwrite MemoryCheckCommand="$(command -v valgrind)" \
     --overwrite MemoryCheckCommandOptions="$(echo $VG_OPTS)" >$B/valgrind/ctest.log 2>&1
   for log in $B/Testing/Temporary/MemoryChecker.*.log; do
     name=$(grep -m1 -o "Command: .*" "$log" | sed 's|.*/||')
     rc=0
-    grep -q "^[0-9/]* *MemCheck #[0-9]*: $name .*Passed" $B/valgrind/ctest.log || rc=1
+    grep -qE "MemCheck +#[0-9]+: $name .*Passed" $B/valgrind/ctest.log || rc=1
     report "$name" $rc "$log"
   done
   # Script tests: the programs they start run under memcheck through
@@ -95,7 +96,8 @@ vg() {
   report "$name" $? "$log"
 }
 
-for t in test_fuzz_regress test_tokenizer test_loader test_sampler test_chat_template test_quantize; do
+for t in test_fuzz_regress test_tokenizer test_loader test_sampler test_chat_template \
+  test_quantize; do
   [ -x $B/tests/$t ] && vg "$t" $B/tests/$t
 done
 
@@ -109,7 +111,8 @@ vg run-loupe $B/loupe run -m "$loupe_file" -p "Once upon a time" -n 30 --temp 0 
 vg run-hf $B/loupe run -m "$SHARED/models/slm-gpt2-char" -p "The " -n 30 --temp 0 -t 2
 vg info $B/loupe info -m "$gguf"
 echo "Hello there, how are you?" >"$LOUPE_TEST_TMP/valgrind-text.txt"
-vg tokenize $B/loupe tokenize -m "$SHARED/models/slm-gpt2-char" --json <"$LOUPE_TEST_TMP/valgrind-text.txt"
+vg tokenize $B/loupe tokenize -m "$SHARED/models/slm-gpt2-char" --json \
+  <"$LOUPE_TEST_TMP/valgrind-text.txt"
 rm -f "$loupe_file"
 
 echo "valgrind: $pass passed, $fail failed"

@@ -9,6 +9,14 @@ pass=0; fail=0
 ok() { echo "ok - $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL - $*"; fail=$((fail + 1)); }
 
+# A cross build (aarch64 under qemu) installs fine, but its consumer would
+# need the cross compiler and sysroot: that case is left to the host build.
+if grep -q '^CMAKE_CROSSCOMPILING:.*=TRUE' "$LOUPE_BIN/CMakeCache.txt" 2>/dev/null ||
+   grep -q '^CMAKE_TOOLCHAIN_FILE:' "$LOUPE_BIN/CMakeCache.txt" 2>/dev/null; then
+  echo "skipped: cross build (the consumer build runs in the host build's suite)"
+  echo "0 passed, 0 failed, 1 skipped"
+  exit 0
+fi
 work="$LOUPE_TEST_TMP/install"
 rm -rf "$work"; mkdir -p "$work/consumer"
 prefix="$work/prefix"

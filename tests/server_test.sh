@@ -235,7 +235,14 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$MAIN_PID/status"; }
 URL=$(grep -o '127\.0\.0\.1:[0-9]*' "$TMP/main.log" | head -1)
 URL=http://$URL
 RSS=()
-for round in 1 2 3 4; do
+rounds="1 2 3 4"
+if [ "${LOUPE_EMULATED:-0}" = 1 ]; then
+  # Under qemu-user a request takes ~20x longer and the bounded queue
+  # rightly answers 503: the load test measures the real machine only.
+  echo "  (emulated run: wrk load rounds skipped)"
+  rounds=""
+fi
+for round in $rounds; do
   wrk -t2 -c4 -d4s -s "$TMP/post.lua" "$URL" >"$TMP/wrk$round.out" 2>&1
   RSS+=("$(rss)")
   n=$(awk '/requests in/ {print $1}' "$TMP/wrk$round.out")
@@ -243,7 +250,9 @@ for round in 1 2 3 4; do
     '[ "${n:-0}" -gt 50 ] && ! grep -q -e "Non-2xx" -e "Socket errors" "$TMP/wrk$round.out"' "$(cat "$TMP/wrk$round.out")"
 done
 echo "  RSS after each wrk round (kB): ${RSS[*]}"
-if ldd "$BIN" 2>/dev/null | grep -q libasan; then
+if [ -z "$rounds" ]; then
+  :
+elif ldd "$BIN" 2>/dev/null | grep -q libasan; then
   # ASan keeps freed memory in quarantine, so RSS grows by design; leaks
   # are caught instead by LeakSanitizer when the server exits (status 0).
   echo "  (sanitizer build: RSS flatness not checked)"

@@ -20,7 +20,7 @@ if [ "${LOUPE_WITH_ARM:-0}" = 1 ]; then
     [ "$(id -u)" -ne 0 ] && SUDO_A=sudo || SUDO_A=""
     $SUDO_A dpkg --add-architecture arm64
   fi
-  pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user libc6-dev:arm64
+  pkgs+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user qemu-user-binfmt libc6-dev:arm64
          libcmocka-dev:arm64 libsleef-dev:arm64 libpcre2-dev:arm64 libcjson-dev:arm64
          libpng-dev:arm64 libmicrohttpd-dev:arm64)
 fi
