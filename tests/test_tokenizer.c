@@ -686,6 +686,7 @@ static void test_malformed_tokenizer_json(void **state) {
         {"no_model.json", LOUPE_ERR_TOKENIZER, "no \"model\" object"},
         {"vocab_not_object.json", LOUPE_ERR_TOKENIZER, "model.vocab is not an object"},
         {"vocab_id_not_int.json", LOUPE_ERR_TOKENIZER, "model.vocab['a'] is not an integer id"},
+        {"vocab_sparse_ids.json", LOUPE_ERR_TOKENIZER, "ids this sparse are not a vocabulary"},
         {"merge_unknown_token.json", LOUPE_ERR_TOKENIZER, "merges[1] 'a c': not two vocabulary tokens"},
         {"merge_result_missing.json", LOUPE_ERR_TOKENIZER, "'ab' is not in the vocabulary"},
         {"merge_not_string.json", LOUPE_ERR_TOKENIZER, "model.merges[0] is neither"},

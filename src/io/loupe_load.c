@@ -618,6 +618,12 @@ static loupe_status bind_slot(const lp_loupe_file *f, const lp_weight_slot *s,
 
 static loupe_status bind_weights(loupe_model *m, const lp_loupe_file *f) {
     lp_hparams *hp = &m->hp;
+    /* every layer needs at least 8 tensors: refuse an inflated layer count
+     * before building a slot for each */
+    if ((int64_t)hp->n_layers * 8 + 1 > (int64_t)f->n_tensors)
+        return lp_fail(LOUPE_ERR_MISSING, "%s: hp.n_layers = %d needs at least %lld tensors, "
+                       "the file has %lld", f->path, hp->n_layers,
+                       (long long)hp->n_layers * 8 + 1, (long long)f->n_tensors);
     m->w.layers = lp_model_alloc(m, (size_t)hp->n_layers * sizeof *m->w.layers + 1);
     if (!m->w.layers) return lp_fail(LOUPE_ERR_NOMEM, "%s: out of memory", f->path);
     memset(m->w.layers, 0, (size_t)hp->n_layers * sizeof *m->w.layers);

@@ -188,6 +188,11 @@ loupe_status lp_spec_set_vocab(lp_tok_spec *s, const lp_vocab_entry *e,
     }
     if (max_id < 0) return lp_fail(LOUPE_ERR_TOKENIZER, "%s: empty vocabulary", what);
     int nv = max_id + 1;
+    /* ids are dense in real vocabularies; a huge gap would only make us
+     * allocate empty pieces up to the highest id */
+    if (nv > 2 * n + 1024)
+        return lp_fail(LOUPE_ERR_TOKENIZER, "%s: %d tokens but the highest id is %d: "
+                       "ids this sparse are not a vocabulary", what, n, (int)max_id);
     s->pieces = calloc((size_t)nv, sizeof *s->pieces);
     s->attrs = calloc((size_t)nv, 1);
     if (!s->pieces || !s->attrs) goto oom;
