@@ -735,6 +735,8 @@ static corrupt_case corrupt(int k, char *f, size_t *len) {
         return (corrupt_case){"piece length beyond the section", LOUPE_ERR_FORMAT, "runs past", 0};
     case 34: wr64(f + meta_value(f, "tok.scores"), 7); reseal(f); /* shrink: stray bytes */
         return (corrupt_case){"array count wrong", LOUPE_ERR_FORMAT, "metadata entry", 0};
+    case 35: wr32(f + meta_value(f, "hp.n_layers"), 65536); reseal(f);
+        return (corrupt_case){"inflated layer count", LOUPE_ERR_MISSING, "needs at least 524289 tensors", 0};
     }
     (void)data;
     return (corrupt_case){NULL, LOUPE_OK, NULL, 0};
