@@ -2,7 +2,7 @@
 # e2e.sh — end-to-end speed and memory of loupe on real-shape models, and
 # optionally llama.cpp's llama-bench on the very same GGUF files.
 #
-#   bench/e2e.sh [STEP...]        steps: prepare bench rss open busy report
+#   bench/e2e.sh [STEP...]        steps: prepare bench rss open pool busy report
 #                                 (default: all, in that order)
 #
 # Environment (defaults in brackets):
@@ -52,7 +52,7 @@ BUSY_CPU=${BUSY_CPU:-1}
 PY=/usr/bin/python3
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(prepare bench rss open busy report)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(prepare bench rss open pool busy report)
 
 die() { echo "e2e.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -215,12 +215,13 @@ bench_unit() { # engine name fmt threads test
     mv "$out.part" "$out"
 }
 
-# loupe and llama.cpp on the same weights run back to back, test by test.
+# loupe and llama.cpp on the same weights run back to back, test by test;
+# every model at one thread first (those tolerate a busy neighbour core).
 step_bench() {
     local preset name fmt t test
-    for preset in $MODELS; do
-        name=$(model_name "$preset")
-        for t in ${THREADS//,/ }; do
+    for t in ${THREADS//,/ }; do
+        for preset in $MODELS; do
+            name=$(model_name "$preset")
             for test in pp tg; do
                 for fmt in $FORMATS; do
                     bench_unit loupe "$name" "$fmt" "$t" "$test"
@@ -275,19 +276,24 @@ step_open() {
 
 # ------------------------------------------------------------ busy
 
-# 2-thread decode with and without one core taken by `yes > /dev/null`.
+# Decode with and without core BUSY_CPU taken by `yes > /dev/null`: at 2
+# threads (how each engine copes with a busy core), and loupe at 1 thread
+# pinned to the other core (does a busy neighbour core slow a 1-thread run?).
 busy_run() { # tag
-    local preset name f
+    local preset name f other=$(( 1 - BUSY_CPU ))
     for preset in $MODELS; do
         name=$(model_name "$preset")
         f=$(model_file "$name" loupe-int8)
         if [ -s "$f" ]; then
-            timed "busy-$1 loupe $name" "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t 2 \
+            timed "busy-$1 loupe $name t=2" "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t 2 \
                 -r "$REPS" --json > "$OUT/busy-$1-loupe-$name-loupe-int8.json" 2>> "$OUT/busy.log"
+            timed "busy-$1 loupe $name t=1" taskset -c "$other" "$BUILD/loupe" bench -m "$f" \
+                -p 0 -n "$TG" -t 1 -r "$REPS" --json \
+                > "$OUT/busy-$1-loupe-$name-loupe-int8-t1.json" 2>> "$OUT/busy.log"
         fi
         f=$(model_file "$name" gguf-q8_0)
         if [ -n "$LLAMA_BENCH" ] && [ -s "$f" ]; then
-            timed "busy-$1 llama.cpp $name" "$LLAMA_BENCH" -m "$f" -p 0 -n "$TG" -t 2 \
+            timed "busy-$1 llama.cpp $name t=2" "$LLAMA_BENCH" -m "$f" -p 0 -n "$TG" -t 2 \
                 -r "$REPS" -o json > "$OUT/busy-$1-llama-$name-gguf-q8_0.json" 2>> "$OUT/busy.log"
         fi
     done
@@ -305,6 +311,22 @@ step_busy() {
     kill "$hog"
     wait "$hog" 2> /dev/null || true
     trap - EXIT
+}
+
+# ------------------------------------------------------------ pool
+
+# Round-trip cost of one thread-pool job (bench/pool_bench.c, linked
+# against the static library: the pool is internal).
+step_pool() {
+    local bin="$MODELS_DIR/bin/pool_bench" t
+    mkdir -p "$MODELS_DIR/bin"
+    cc -O2 -std=c11 -Wall -Wextra -I"$REPO" "$HERE/pool_bench.c" "$BUILD/libloupe.a" \
+        -lpthread -o "$bin"
+    : > "$OUT/pool.jsonl"
+    for t in ${THREADS//,/ }; do
+        wait_idle "pool_bench t=$t"
+        "$bin" "$t" 200000 8 >> "$OUT/pool.jsonl"
+    done
 }
 
 # ------------------------------------------------------------ report
@@ -331,9 +353,10 @@ for step in "${STEPS[@]}"; do
     bench) step_bench ;;
     rss) step_rss ;;
     open) step_open ;;
+    pool) step_pool ;;
     busy) step_busy ;;
     report) step_report ;;
-    *) die "unknown step '$step' (prepare bench rss open busy report)" ;;
+    *) die "unknown step '$step' (prepare bench rss open pool busy report)" ;;
     esac
 done
 log "results in $OUT"

@@ -231,19 +231,31 @@ def main():
     print(table(["file", "MiB", "cold (page cache dropped)", "warm min", "warm median"], rows)
           if rows else "(no open times)")
 
-    print("\n## Busy machine: tg%d at 2 threads, one core taken by `yes > /dev/null`\n" % tg)
+    print("\n## Busy machine: tg%d, core 1 taken by `yes > /dev/null`\n" % tg)
     rows = []
     for n in names:
-        for eng, tag, f in (("loupe", "loupe", "loupe-int8"), ("llama.cpp", "llama", "gguf-q8_0")):
-            idle = speeds(a.out, "busy-idle-%s-%s-%s.json" % (tag, n, f), 0, tg)
-            busy = speeds(a.out, "busy-busy-%s-%s-%s.json" % (tag, n, f), 0, tg)
-            i, b = idle.get(("tg", 2)), busy.get(("tg", 2))
+        for eng, tag, f, suffix, t in (("loupe", "loupe", "loupe-int8", "", 2),
+                                       ("llama.cpp", "llama", "gguf-q8_0", "", 2),
+                                       ("loupe (pinned to core 0)", "loupe", "loupe-int8", "-t1", 1)):
+            name = "%s-%s-%s%s.json" % (tag, n, f, suffix)
+            i = speeds(a.out, "busy-idle-" + name, 0, tg).get(("tg", t))
+            b = speeds(a.out, "busy-busy-" + name, 0, tg).get(("tg", t))
             if i is None and b is None:
                 continue
-            rows.append([PRETTY[n], eng, os.path.basename(file_of(a.models_dir, n, f)),
+            rows.append([PRETTY[n], eng, os.path.basename(file_of(a.models_dir, n, f)), t,
                          fmt(i, 2), fmt(b, 2), fmt(b / i, 2) if i and b else "—"])
-    print(table(["model", "engine", "file", "idle tok/s", "busy tok/s", "busy ÷ idle"], rows)
-          if rows else "(no busy-machine runs)")
+    print(table(["model", "engine", "file", "threads", "idle tok/s", "busy tok/s", "busy ÷ idle"],
+                rows) if rows else "(no busy-machine runs)")
+
+    pools = []
+    for d in a.out:
+        pj = os.path.join(d, "pool.jsonl")
+        if os.path.exists(pj):
+            pools = [json.loads(ln) for ln in open(pj) if ln.strip()]
+    if pools:
+        print("\n## Thread pool: one lp_pool_run round trip (8 empty tasks)\n")
+        print(table(["threads", "ns per job"], [[p["threads"], fmt(p["ns_per_job"], 0)]
+                                                for p in pools]))
 
     rows = []
     for d in a.out:
