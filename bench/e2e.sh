@@ -2,8 +2,8 @@
 # e2e.sh — end-to-end speed and memory of loupe on real-shape models, and
 # optionally llama.cpp's llama-bench on the very same GGUF files.
 #
-#   bench/e2e.sh [STEP...]        steps: prepare bench rss open pool busy report
-#                                 (default: all, in that order)
+#   bench/e2e.sh [STEP...]        steps: prepare membw bench rss open pool busy
+#                                 report (default: all, in that order)
 #
 # Environment (defaults in brackets):
 #   BUILD        loupe build directory with loupe, quantize, libloupe.so
@@ -52,7 +52,7 @@ BUSY_CPU=${BUSY_CPU:-1}
 PY=/usr/bin/python3
 
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(prepare bench rss open pool busy report)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(prepare membw bench rss open pool busy report)
 
 die() { echo "e2e.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -313,6 +313,21 @@ step_busy() {
     trap - EXIT
 }
 
+# ------------------------------------------------------------ membw
+
+# DRAM read bandwidth at each thread count (bench/membw.c): the decode
+# roofline's denominator, passed to the report.
+step_membw() {
+    local bin="$MODELS_DIR/bin/membw" t
+    mkdir -p "$MODELS_DIR/bin"
+    cc -O3 -march=native -std=c11 -Wall -Wextra "$HERE/membw.c" -lpthread -o "$bin"
+    : > "$OUT/membw.jsonl"
+    for t in ${THREADS//,/ }; do
+        wait_idle "membw t=$t"
+        "$bin" "$t" 1024 5 >> "$OUT/membw.jsonl"
+    done
+}
+
 # ------------------------------------------------------------ pool
 
 # Round-trip cost of one thread-pool job (bench/pool_bench.c, linked
@@ -353,10 +368,11 @@ for step in "${STEPS[@]}"; do
     bench) step_bench ;;
     rss) step_rss ;;
     open) step_open ;;
+    membw) step_membw ;;
     pool) step_pool ;;
     busy) step_busy ;;
     report) step_report ;;
-    *) die "unknown step '$step' (prepare bench rss open pool busy report)" ;;
+    *) die "unknown step '$step' (prepare membw bench rss open pool busy report)" ;;
     esac
 done
 log "results in $OUT"

@@ -10,7 +10,8 @@ another); other files come from the last directory that has them.
 
 Speeds are medians over the timed repetitions (tokens / sample time, from
 samples_ns, which loupe bench and llama-bench both write). The decode
-roofline is bandwidth / bytes of weights read per generated token: every
+roofline is bandwidth (membw.jsonl from the membw step, or --bw) / bytes
+of weights read per generated token: every
 matrix once (the token embedding only when it doubles as the tied output
 head; one embedding row is negligible); KV-cache reads are left out (at most
 TG positions, < 1 % here).
@@ -130,11 +131,17 @@ def main():
     ap.add_argument("--models-dir", default="/work/bench-models")
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
-    ap.add_argument("--bw", default="1:14.6,2:26.8", help="threads:GB/s,...")
+    ap.add_argument("--bw", help="threads:GB/s,... (default: membw.jsonl, else 1:14.6,2:26.8)")
     a = ap.parse_args()
     names = [NAMES[m] for m in a.models.split()]
     fmts = a.formats.split()
-    bw = {int(k): float(v) for k, v in (x.split(":") for x in a.bw.split(","))}
+    bw = {}
+    for d in a.out:  # measured by the membw step, unless --bw is given
+        mj = os.path.join(d, "membw.jsonl")
+        if os.path.exists(mj):
+            bw = {r["threads"]: r["best_gb_s"] for r in map(json.loads, open(mj)) if r}
+    if a.bw or not bw:
+        bw = {int(k): float(v) for k, v in (x.split(":") for x in (a.bw or "1:14.6,2:26.8").split(","))}
     th = sorted(bw)
     pp, tg = a.pp, a.tg
     S = {}  # (engine, name, fmt) -> speeds
