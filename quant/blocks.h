@@ -20,6 +20,41 @@ typedef struct {
 
 _Static_assert(sizeof(lp_block_q8) == 34, "lp_block_q8 must be 34 bytes");
 
+/* ---- packed int8 matrix (lp_dtype LP_Q8P): the layout the int8 matmul
+ * kernels read, the same numbers as Q8_0 blocks re-ordered so that one
+ * 64-byte load holds 4 consecutive elements of 16 consecutive rows.
+ *
+ * A (n_out, n_in) matrix (n_in % 32 == 0, nb = n_in / 32) is stored as
+ * ceil(n_out / 16) groups of 16 rows, one after another; the last group is
+ * padded with rows whose scale is 0 and whose values are 0. Group g
+ * (rows 16g .. 16g+15), LP_Q8P_GROUP_BYTES(n_in) bytes:
+ *   d  : uint16 [nb][16]        d[b][i] = fp16 scale of block b of row 16g+i
+ *   qs : uint8  [nb][8][16][4]  qs[b][j][i][k] = 128 + q, q the int8 value of
+ *                                row 16g+i, element 32b + 4j + k
+ * Storing q + 128 (q xor 0x80) makes the weights the unsigned operand of
+ * x86's vpdpbusd (unsigned x signed bytes); the kernels subtract
+ * 128 * sum(x) per block (lp_q8_act.corr), and ARM flips the bit back.
+ * The padding is bytes, not values: a packed matrix is exactly as large as
+ * its Q8_0 rows plus its padding rows. */
+#define LP_Q8P_ROWS 16
+#define LP_Q8P_GROUP_BYTES(n_in) ((size_t)((n_in) / LP_QK8) * (LP_Q8P_ROWS * (2 + LP_QK8)))
+#define LP_Q8P_GROUPS(n_out) (((n_out) + LP_Q8P_ROWS - 1) / LP_Q8P_ROWS)
+
+/* Bytes of a packed (n_out, n_in) matrix. */
+static inline size_t lp_q8p_bytes(int64_t n_out, int64_t n_in) {
+    return (size_t)LP_Q8P_GROUPS(n_out) * LP_Q8P_GROUP_BYTES(n_in);
+}
+
+/* Packs rows [g0 * 16, min(g1 * 16, n_out)) of row-major Q8_0 blocks
+ * (n_out rows of n_in / 32 blocks) into groups [g0, g1) of dst (a whole
+ * packed matrix); padding rows are written too. quant/pack.c. */
+void lp_q8p_pack(const lp_block_q8 *src, int64_t n_out, int64_t n_in, void *dst,
+                 int64_t g0, int64_t g1);
+/* Row r of a packed matrix back as n_in / 32 Q8_0 blocks (exact inverse). */
+void lp_q8p_unpack_row(const void *packed, int64_t n_in, int64_t r, lp_block_q8 *out);
+/* Row r of a packed matrix dequantized to n_in floats (embedding lookup). */
+void lp_q8p_dequant_row(const void *packed, int64_t n_in, int64_t r, float *out);
+
 /* ---- scalar IEEE half <-> float (round to nearest even), no FPU tricks -- */
 
 static inline float lp_f16_to_f32(uint16_t h) {

@@ -50,6 +50,9 @@ static const float *row_as_f32(lp_dtype st, const void *src, int64_t cols, int64
     case LP_Q8:
         lp_dequantize_q8((const lp_block_q8 *)src + r * (cols / LP_QK8), tmp, cols);
         return tmp;
+    case LP_Q8P:
+        lp_q8p_dequant_row(src, cols, r, tmp);
+        return tmp;
     }
     return NULL;
 }

@@ -42,7 +42,8 @@ const char *lp_quant_type_name(lp_dtype t) {
     case LP_F32: return "f32";
     case LP_F16: return "f16";
     case LP_BF16: return "bf16";
-    case LP_Q8: return "int8";
+    case LP_Q8:
+    case LP_Q8P: return "int8";
     }
     return "?";
 }

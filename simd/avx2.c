@@ -9,6 +9,8 @@
  * Tails (n not a multiple of 8) use masked loads, never reading past the end.
  */
 #include <immintrin.h>
+
+#include "scalar.h"
 #include <math.h>
 #include <sleef.h>
 #include <string.h>
@@ -437,6 +439,8 @@ const lp_kernels lp_kernels_avx2 = {
     .gemm_f16 = gemm_f16,
     .gemm_q8 = gemm_q8,
     .quantize_q8 = lp_avx2_quantize_q8,
+    .gemm_q8p = lp_scalar_gemm_q8p,
+    .quantize_q8a = lp_scalar_quantize_q8a,
     .attention = lp_avx2_attention,
     .dot_f32 = dot_f32,
     .rmsnorm = lp_avx2_rmsnorm,

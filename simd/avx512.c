@@ -6,6 +6,8 @@
  * same CPU runs at the same speed.
  */
 #include <immintrin.h>
+
+#include "scalar.h"
 #include <math.h>
 #include <sleef.h>
 
@@ -238,6 +240,8 @@ const lp_kernels lp_kernels_avx512 = {
     .gemm_f16 = gemm_f16,
     .gemm_q8 = gemm_q8,
     .quantize_q8 = lp_avx2_quantize_q8,
+    .gemm_q8p = lp_scalar_gemm_q8p,
+    .quantize_q8a = lp_scalar_quantize_q8a,
     .attention = lp_avx2_attention,
     .dot_f32 = dot_f32,
     .rmsnorm = lp_avx2_rmsnorm,

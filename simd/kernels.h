@@ -22,8 +22,18 @@ typedef enum {
     LP_F32 = 0,
     LP_F16 = 1,
     LP_BF16 = 2, /* accepted as a source only; converted at load */
-    LP_Q8 = 3    /* lp_block_q8 rows; n_in must be a multiple of 32 */
+    LP_Q8 = 3,   /* lp_block_q8 rows; n_in must be a multiple of 32 */
+    LP_Q8P = 4   /* int8 packed for the kernels (quant/blocks.h); in memory only */
 } lp_dtype;
+
+/* T activation rows quantized for gemm_q8p by quantize_q8a: per block of
+ * 32, d = max|x| / 127 (f32, not rounded to fp16), q = round(x / d), and
+ * corr = -128 * sum(q) (undoes the +128 of packed weights). */
+typedef struct {
+    const int8_t *qs;     /* (T, n_in) */
+    const float *d;       /* (T, n_in/32) */
+    const int32_t *corr;  /* (T, n_in/32) */
+} lp_q8_act;
 
 /* Arguments of one attention call: T queries at absolute positions
  * pos0..pos0+T-1, each attending causally to keys 0..its own position.
@@ -56,6 +66,14 @@ typedef struct lp_kernels {
                     const lp_block_q8 *W, float *Y, int ldy, int r0, int r1);
     /* x (n) -> n/32 blocks, scale = max|x|/127, round to nearest. */
     void (*quantize_q8)(const float *x, lp_block_q8 *y, int n);
+    /* int8 packed weights (LP_Q8P, quant/blocks.h): Y[t, r] = sum over
+     * blocks b of (float)(dot(q_x, q_w) over b) * (d_x[t, b] * d_w[r, b]),
+     * for rows r of groups [g0, g1) with r < n_out (the padding rows of the
+     * last group are not written). Threads split groups. */
+    void (*gemm_q8p)(int T, int n_in, const lp_q8_act *X, const uint8_t *W,
+                     int n_out, float *Y, int ldy, int g0, int g1);
+    /* One activation row x (n) -> qs (n), d (n/32), corr (n/32). */
+    void (*quantize_q8a)(const float *x, int n, int8_t *qs, float *d, int32_t *corr);
 
     /* ---- attention heads [h0, h1) of one call */
     void (*attention)(const lp_attn_args *a, int h0, int h1);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "scalar.h"
 
 #define LP_INLINE static inline __attribute__((always_inline))
 /* Loops over the TT tokens / RT rows of a tile: constant trip counts, fully
@@ -411,6 +412,7 @@ static void attention(const lp_attn_args *a, int h0, int h1) {
 
 #define NEON_SHARED                                                                         \
     .name = "neon", .gemm_f32 = gemm_f32, .gemm_f16 = gemm_f16, .quantize_q8 = quantize_q8, \
+    .gemm_q8p = lp_scalar_gemm_q8p, .quantize_q8a = lp_scalar_quantize_q8a, \
     .attention = attention, .dot_f32 = dot_f32, .rmsnorm = rmsnorm, .layernorm = layernorm, \
     .softmax = softmax, .gelu_tanh = gelu_tanh, .gelu_erf = gelu_erf, .swiglu = swiglu,     \
     .rope = rope, .add = add, .f16_to_f32 = f16_to_f32, .f32_to_f16 = f32_to_f16

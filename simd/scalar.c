@@ -7,6 +7,7 @@
  * block scales, summed in float.
  */
 #include "kernels.h"
+#include "scalar.h"
 
 #include <math.h>
 
@@ -73,6 +74,64 @@ static void quantize_q8(const float *x, lp_block_q8 *y, int n) {
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = lp_f32_to_f16(d);
         for (int j = 0; j < LP_QK8; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+    }
+}
+
+/* ------------------------------------------------------ gemm q8 packed */
+
+/* Block b of the group at grp: d (16) scales, qs (8, 16, 4) biased values. */
+static const uint16_t *q8p_d(const uint8_t *grp, int b) {
+    return (const uint16_t *)(const void *)(grp + (size_t)b * LP_Q8P_ROWS * 2);
+}
+
+static const uint8_t *q8p_qs(const uint8_t *grp, int nb, int b) {
+    return grp + (size_t)nb * LP_Q8P_ROWS * 2 + (size_t)b * LP_Q8P_ROWS * LP_QK8;
+}
+
+/* The integer part the SIMD kernels compute: sum over the block of
+ * (q_w + 128) * q_x, plus corr = -128 * sum(q_x), which is dot(q_w, q_x). */
+static int32_t dot_block_q8p(const uint8_t *qs, int i, const int8_t *x, int32_t corr) {
+    int32_t s = corr;
+    for (int j = 0; j < LP_QK8 / 4; j++)
+        for (int k = 0; k < 4; k++)
+            s += (int32_t)qs[(j * LP_Q8P_ROWS + i) * 4 + k] * x[4 * j + k];
+    return s;
+}
+
+void lp_scalar_gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,
+                        float *Y, int ldy, int g0, int g1) {
+    const int nb = n_in / LP_QK8;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *grp = W + (size_t)g * LP_Q8P_GROUP_BYTES(n_in); // (nb, 544)
+        for (int i = 0; i < LP_Q8P_ROWS && g * LP_Q8P_ROWS + i < n_out; i++) {
+            for (int t = 0; t < T; t++) {
+                const int8_t *xq = X->qs + (size_t)t * n_in; // (n_in)
+                const float *xd = X->d + (size_t)t * nb;     // (nb)
+                const int32_t *xc = X->corr + (size_t)t * nb; // (nb)
+                float acc = 0.0f;
+                for (int b = 0; b < nb; b++) {
+                    const int32_t s = dot_block_q8p(q8p_qs(grp, nb, b), i, xq + b * LP_QK8, xc[b]);
+                    acc += (float)s * (xd[b] * lp_f16_to_f32(q8p_d(grp, b)[i]));
+                }
+                Y[(size_t)t * ldy + g * LP_Q8P_ROWS + i] = acc;
+            }
+        }
+    }
+}
+
+void lp_scalar_quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
+    for (int b = 0; b < n / LP_QK8; b++) {
+        const float *xb = x + (size_t)b * LP_QK8; // (32)
+        float amax = 0.0f;
+        for (int j = 0; j < LP_QK8; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        d[b] = amax / 127.0f;
+        const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < LP_QK8; j++) {
+            qs[b * LP_QK8 + j] = (int8_t)roundf(xb[j] * id);
+            sum += qs[b * LP_QK8 + j];
+        }
+        corr[b] = -128 * sum;
     }
 }
 
@@ -211,6 +270,8 @@ const lp_kernels lp_kernels_scalar = {
     .gemm_f16 = gemm_f16,
     .gemm_q8 = gemm_q8,
     .quantize_q8 = quantize_q8,
+    .gemm_q8p = lp_scalar_gemm_q8p,
+    .quantize_q8a = lp_scalar_quantize_q8a,
     .attention = attention,
     .dot_f32 = dot_f32,
     .rmsnorm = rmsnorm,

@@ -16,6 +16,7 @@ const char *lp_dtype_name(lp_dtype t) {
     case LP_F16: return "F16";
     case LP_BF16: return "BF16";
     case LP_Q8: return "Q8_0";
+    case LP_Q8P: return "Q8_0 (packed)";
     }
     return "?";
 }
@@ -26,6 +27,7 @@ uint64_t lp_dtype_bytes(lp_dtype t, uint64_t n) {
     case LP_F16:
     case LP_BF16: return n * 2;
     case LP_Q8: return n / LP_QK8 * sizeof(lp_block_q8);
+    case LP_Q8P: return n / LP_QK8 * sizeof(lp_block_q8); /* without the padding rows */
     }
     return 0;
 }
