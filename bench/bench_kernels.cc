@@ -3,16 +3,23 @@
 //
 //   gemv/<isa>/<dtype>/<model>.<matrix>     T = 1 (decode): weight GB/s
 //   gemm64/<isa>/<dtype>/<model>.<matrix>   T = 64 (prefill): GFLOP/s
+//   gemm512/<isa>/q8p/<model>.<matrix>      T = 512, packed int8 only
 //   <op>/<isa>/<model or n>                 vector ops, attention
+//   peak/vnni512/<chains>                   int8 ceiling (bench_vnni_peak.cc)
 //
+// dtype q8 is the row-major Q8_0 gemm_q8, q8p the packed int8 gemm_q8p.
 // Single-threaded: each call covers all rows [0, n_out). Counters:
 // "weights/s" = weight bytes streamed per second (1000-based, so 20G/s is
-// 20 GB/s), "FLOP/s" = 2*T*n_in*n_out per second.
+// 20 GB/s), "FLOP/s" = 2*T*n_in*n_out per second (for int8: "OP/s", the
+// same count). GEMVs (T = 1) rotate over copies of the matrix that together
+// exceed the last-level cache, so their weights come from DRAM.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,6 +66,21 @@ const char *dtype_name(lp_dtype t) {
 
 // ------------------------------------------------------------ matmuls
 
+// Weight matrices for a T = 1 (GEMV) benchmark are repeated until the
+// copies exceed kDramBytes, and the calls go round them, so the weights
+// come from DRAM as in decode; with T > 1 one copy (compute-bound).
+constexpr size_t kDramBytes = 256u << 20; // >> any L3 here (32 MB)
+
+size_t n_copies(int T, size_t bytes) { return T == 1 ? (kDramBytes + bytes - 1) / bytes : 1; }
+
+template <class E>
+std::vector<E> repeat(const std::vector<E> &one, size_t copies) {
+    std::vector<E> all(one.size() * copies);
+    for (size_t c = 0; c < copies; c++)
+        std::memcpy(all.data() + c * one.size(), one.data(), one.size() * sizeof(E));
+    return all;
+}
+
 void BM_matmul(benchmark::State &st, const lp_kernels *k, lp_dtype dt, MatShape m, int T) {
     const size_t nw = (size_t)m.n_in * m.n_out;
     std::vector<float> X = rand_floats((size_t)T * m.n_in, 1), Y((size_t)T * m.n_out);
@@ -66,38 +88,104 @@ void BM_matmul(benchmark::State &st, const lp_kernels *k, lp_dtype dt, MatShape 
     std::vector<uint16_t> wh;
     std::vector<lp_block_q8> wq, xq;
     double weight_bytes = 0;
+    size_t copies = 1;
     if (dt == LP_F32) {
-        wf = rand_floats(nw, 2);
         weight_bytes = 4.0 * nw;
+        copies = n_copies(T, (size_t)weight_bytes);
+        wf = repeat(rand_floats(nw, 2), copies);
     } else if (dt == LP_F16) {
-        wh.resize(nw);
+        std::vector<uint16_t> one(nw);
         std::vector<float> row(m.n_in);
         for (int r = 0; r < m.n_out; r++) {
             fill(row.data(), row.size(), 3 + r);
-            lp_kernels_scalar.f32_to_f16(row.data(), wh.data() + (size_t)r * m.n_in, m.n_in);
+            lp_kernels_scalar.f32_to_f16(row.data(), one.data() + (size_t)r * m.n_in, m.n_in);
         }
         weight_bytes = 2.0 * nw;
+        copies = n_copies(T, (size_t)weight_bytes);
+        wh = repeat(one, copies);
     } else {
-        wq.resize(nw / LP_QK8);
+        std::vector<lp_block_q8> one(nw / LP_QK8);
         std::vector<float> row(m.n_in);
         for (int r = 0; r < m.n_out; r++) {
             fill(row.data(), row.size(), 3 + r);
-            lp_kernels_scalar.quantize_q8(row.data(), wq.data() + (size_t)r * (m.n_in / LP_QK8), m.n_in);
+            lp_kernels_scalar.quantize_q8(row.data(), one.data() + (size_t)r * (m.n_in / LP_QK8), m.n_in);
         }
         xq.resize((size_t)T * m.n_in / LP_QK8);
         lp_kernels_scalar.quantize_q8(X.data(), xq.data(), T * m.n_in);
-        weight_bytes = (double)sizeof(lp_block_q8) * wq.size();
+        weight_bytes = (double)sizeof(lp_block_q8) * one.size();
+        copies = n_copies(T, (size_t)weight_bytes);
+        wq = repeat(one, copies);
     }
+    size_t c = 0;
     for (auto _ : st) {
-        if (dt == LP_F32) k->gemm_f32(T, m.n_in, X.data(), wf.data(), Y.data(), m.n_out, 0, m.n_out);
-        else if (dt == LP_F16) k->gemm_f16(T, m.n_in, X.data(), wh.data(), Y.data(), m.n_out, 0, m.n_out);
-        else k->gemm_q8(T, m.n_in, xq.data(), wq.data(), Y.data(), m.n_out, 0, m.n_out);
+        if (dt == LP_F32)
+            k->gemm_f32(T, m.n_in, X.data(), wf.data() + c * nw, Y.data(), m.n_out, 0, m.n_out);
+        else if (dt == LP_F16)
+            k->gemm_f16(T, m.n_in, X.data(), wh.data() + c * nw, Y.data(), m.n_out, 0, m.n_out);
+        else
+            k->gemm_q8(T, m.n_in, xq.data(), wq.data() + c * (nw / LP_QK8), Y.data(), m.n_out, 0, m.n_out);
+        c = c + 1 == copies ? 0 : c + 1;
         benchmark::DoNotOptimize(Y.data());
         benchmark::ClobberMemory();
     }
     using C = benchmark::Counter;
     st.counters["weights/s"] = C(weight_bytes, C::kIsIterationInvariantRate, C::OneK::kIs1000);
     st.counters["FLOP/s"] = C(2.0 * T * nw, C::kIsIterationInvariantRate, C::OneK::kIs1000);
+}
+
+// -------------------------------------------------- packed int8 matmul
+
+struct FreeDeleter {
+    void operator()(void *p) const { std::free(p); }
+};
+
+// T activation rows quantized by quantize_q8a: qs (T, n_in), d and corr (T, n_in/32).
+struct Q8Act {
+    std::vector<int8_t> qs;
+    std::vector<float> d;
+    std::vector<int32_t> corr;
+    lp_q8_act act;
+};
+
+void quantize_act(Q8Act &a, int T, int n_in) {
+    const int nb = n_in / LP_QK8;
+    std::vector<float> X = rand_floats((size_t)T * n_in, 1);
+    a.qs.resize((size_t)T * n_in), a.d.resize((size_t)T * nb), a.corr.resize((size_t)T * nb);
+    for (int t = 0; t < T; t++)
+        lp_kernels_scalar.quantize_q8a(X.data() + (size_t)t * n_in, n_in, a.qs.data() + (size_t)t * n_in,
+                                       a.d.data() + (size_t)t * nb, a.corr.data() + (size_t)t * nb);
+    a.act = {a.qs.data(), a.d.data(), a.corr.data()};
+}
+
+void BM_q8p(benchmark::State &st, const lp_kernels *k, MatShape m, int T) {
+    const int nb = m.n_in / LP_QK8, groups = (int)LP_Q8P_GROUPS(m.n_out);
+    const size_t bytes = lp_q8p_bytes(m.n_out, m.n_in);
+    const size_t copies = n_copies(T, bytes);
+    const size_t alloc = (bytes * copies + 63) / 64 * 64; // aligned_alloc: a multiple of 64
+    std::unique_ptr<uint8_t, FreeDeleter> W((uint8_t *)std::aligned_alloc(64, alloc));
+    {
+        std::vector<lp_block_q8> rows((size_t)m.n_out * nb);
+        std::vector<float> row(m.n_in);
+        for (int r = 0; r < m.n_out; r++) {
+            fill(row.data(), row.size(), 3 + r);
+            lp_kernels_scalar.quantize_q8(row.data(), rows.data() + (size_t)r * nb, m.n_in);
+        }
+        lp_q8p_pack(rows.data(), m.n_out, m.n_in, W.get(), 0, groups);
+        for (size_t c = 1; c < copies; c++) std::memcpy(W.get() + c * bytes, W.get(), bytes);
+    }
+    Q8Act x;
+    quantize_act(x, T, m.n_in);
+    std::vector<float> Y((size_t)T * m.n_out);
+    size_t c = 0;
+    for (auto _ : st) {
+        k->gemm_q8p(T, m.n_in, &x.act, W.get() + c * bytes, m.n_out, Y.data(), m.n_out, 0, groups);
+        c = c + 1 == copies ? 0 : c + 1;
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    using C = benchmark::Counter;
+    st.counters["weights/s"] = C((double)bytes, C::kIsIterationInvariantRate, C::OneK::kIs1000);
+    st.counters["OP/s"] = C(2.0 * T * m.n_in * m.n_out, C::kIsIterationInvariantRate, C::OneK::kIs1000);
 }
 
 // ---------------------------------------------------------- attention
@@ -139,6 +227,9 @@ void BM_vec(benchmark::State &st, const lp_kernels *k, std::string op, int n) {
     std::vector<float> x = rand_floats(n, 7), w = rand_floats(n, 8), b = rand_floats(n, 9), y(n);
     std::vector<uint16_t> h(n);
     std::vector<lp_block_q8> q(n / LP_QK8 + 1);
+    std::vector<int8_t> qa(n);
+    std::vector<float> xd(n / LP_QK8 + 1);
+    std::vector<int32_t> xc(n / LP_QK8 + 1);
     const int half = 32, n_heads = n / 64; // rope: 64-dim heads
     std::vector<float> cs(half), sn(half); // a true rotation: values stay bounded
     for (int i = 0; i < half; i++) cs[i] = std::cos(0.1f * i), sn[i] = std::sin(0.1f * i);
@@ -159,6 +250,7 @@ void BM_vec(benchmark::State &st, const lp_kernels *k, std::string op, int n) {
         else if (op == "dot") benchmark::DoNotOptimize(k->dot_f32(x.data(), w.data(), n));
         else if (op == "rope") k->rope(y.data(), n_heads, 64, 64, cs.data(), sn.data(), 1);
         else if (op == "quantize_q8") k->quantize_q8(x.data(), q.data(), n);
+        else if (op == "quantize_q8a") k->quantize_q8a(x.data(), n, qa.data(), xd.data(), xc.data());
         else if (op == "f32_to_f16") k->f32_to_f16(x.data(), h.data(), n);
         else if (op == "f16_to_f32") k->f16_to_f32(h.data(), y.data(), n);
         benchmark::DoNotOptimize(y.data());
@@ -179,6 +271,7 @@ const VecCase kVec[] = {
     {"swiglu", "tinyllama.ffn", 5632}, {"add", "tinyllama", 2048},
     {"dot", "tinyllama", 2048},       {"rope", "tinyllama.q", 2048},
     {"quantize_q8", "tinyllama", 2048}, {"quantize_q8", "tinyllama.ffn", 5632},
+    {"quantize_q8a", "tinyllama", 2048}, {"quantize_q8a", "tinyllama.ffn", 5632},
     {"f32_to_f16", "64k", 65536},     {"f16_to_f32", "64k", 65536},
 };
 
@@ -195,6 +288,15 @@ void register_all() {
                     benchmark::RegisterBenchmark(bname.c_str(), BM_matmul, k, dt, m, T)
                         ->Unit(benchmark::kMicrosecond);
                 }
+        for (int T : {1, 64, 512}) {
+            if (T == 512 && k == &lp_kernels_scalar) continue; // minutes per call
+            for (const MatShape &m : kMatrices) {
+                const std::string bname = (T == 1 ? "gemv/" : "gemm" + std::to_string(T) + "/") +
+                                          isa + "/q8p/" + m.model + "." + m.matrix;
+                benchmark::RegisterBenchmark(bname.c_str(), BM_q8p, k, m, T)
+                    ->Unit(benchmark::kMicrosecond);
+            }
+        }
         for (const AttnShape &a : kAttn)
             for (lp_dtype kv : {LP_F32, LP_F16}) {
                 const std::string suffix = isa + "/" + a.model + "/kv_" + dtype_name(kv);

@@ -10,7 +10,6 @@
  */
 #include <immintrin.h>
 
-#include "scalar.h"
 #include <math.h>
 #include <sleef.h>
 #include <string.h>
@@ -184,6 +183,112 @@ static void gemm_q8(int T, int n_in, const lp_block_q8 *Xq, const lp_block_q8 *W
     }
 }
 
+/* ------------------------------------------------------ gemm q8 packed */
+
+/* LP_Q8P (quant/blocks.h) without VNNI. A 32-byte load holds 4 k of 8
+ * rows (half a group). The stored bytes are q + 128 (0..255), and vpmaddubsw
+ * of those by x could saturate int16 (255 * 127 * 2 > 32767), so each load
+ * is flipped back to signed q (xor 0x80) and multiplied as |q| times x with
+ * q's sign: a pair of products stays within 2 * 128 * 127. vpmaddwd with
+ * ones sums each row's pairs into one int32 lane. The +128 is undone by the
+ * flip, so corr is not needed. Tiles: TT tokens x NS slices of 8 rows. */
+#define Q8P_MR 4 /* tokens per prefill tile (one half): 4 x (int32 + f32) + 7 ymm */
+
+/* Sums of 4 products w * x per row, one int32 lane per row. */
+LP_INLINE __m256i dot4_rows(__m256i w_abs, __m256i w, __m256i xb) {
+    const __m256i p16 = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(xb, w));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* Broadcasts 4 activation bytes as one int32 (memcpy: any alignment). */
+LP_INLINE __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+#define for_slice(h) _Pragma("GCC unroll 4") for (int h = 0; h < NS; h++)
+
+/* Tokens [t0, t0+TT) x NS slices of 8 rows (slice = half a group). Slice
+ * u = 2g + half is rows 16g + 8 half ..+7; the tile's slices start at u0,
+ * and when they span two groups the second is gs groups after the first. */
+LP_INLINE void q8p_tile(const int TT, const int NS, int n_in, const lp_q8_act *X,
+                        const uint8_t *W, int n_out, float *Y, int ldy, int t0, int u0, int gs) {
+    const int nb = n_in / LP_QK8;
+    const uint8_t *qs[4], *d[4]; // (nb, 8, 64) and (nb, 32) seen from slice h
+    int row[4];
+    const int8_t *xq[Q8P_MR];    // (n_in) each
+    const float *xd[Q8P_MR];     // (nb) each
+    __m256 acc[Q8P_MR][4];
+    for_slice(h) {
+        const int g = u0 / 2 + (u0 % 2 + h) / 2 * gs, half = (u0 + h) % 2;
+        const uint8_t *grp = W + (size_t)g * LP_Q8P_GROUP_BYTES(n_in);
+        qs[h] = grp + (size_t)nb * 32 + 32 * half;
+        d[h] = grp + 16 * half;
+        row[h] = g * LP_Q8P_ROWS + 8 * half;
+        if (TT == 1 && half == 0) /* decode: fetch the scales now, the values stream after them */
+            for (int i = 0; i < nb * 32; i += 64) _mm_prefetch((const char *)grp + i, _MM_HINT_T0);
+    }
+    for_tokens(a) {
+        xq[a] = X->qs + (size_t)(t0 + a) * n_in;
+        xd[a] = X->d + (size_t)(t0 + a) * nb;
+        for_slice(h) acc[a][h] = _mm256_setzero_ps();
+    }
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++) {
+        __m256i ai[Q8P_MR][4];
+        for_tokens(a) for_slice(h) ai[a][h] = _mm256_setzero_si256();
+        /* not unrolled: GCC would re-associate the 8 sums per accumulator
+         * into trees of products that are all live at once (spills) */
+#pragma GCC unroll 1
+        for (int j = 0; j < 8; j++) {
+            __m256i w[4], wa[4];
+            for_slice(h) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs[h] + (size_t)b * 512 + 64 * j));
+                w[h] = _mm256_xor_si256(raw, flip);
+                wa[h] = _mm256_abs_epi8(w[h]);
+            }
+            for_tokens(a) {
+                const __m256i xb = bcast4(xq[a] + 32 * b + 4 * j);
+                for_slice(h) ai[a][h] = _mm256_add_epi32(ai[a][h], dot4_rows(wa[h], w[h], xb));
+            }
+        }
+        for_slice(h) {
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d[h] + 32 * b)));
+            for_tokens(a) {
+                const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(xd[a][b]));
+                acc[a][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai[a][h]), sc, acc[a][h]);
+            }
+        }
+    }
+    for_slice(h) {
+        const int rows = n_out - row[h]; /* < 8: the last group */
+        if (rows <= 0) continue;
+        for_tokens(a) st(Y + (size_t)(t0 + a) * ldy + row[h], acc[a][h], rows);
+    }
+}
+
+static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,
+                     float *Y, int ldy, int g0, int g1) {
+    if (T == 1) { /* decode: two long sequential streams, as in avx512.c's gemv_q8p */
+        const int q = (g1 - g0) / 2;
+        for (int k = 0; k < q; k++) q8p_tile(1, 4, n_in, X, W, n_out, Y, ldy, 0, 2 * (g0 + k), q);
+        if (g0 + 2 * q < g1) q8p_tile(1, 2, n_in, X, W, n_out, Y, ldy, 0, 2 * (g1 - 1), 1);
+        return;
+    }
+    for (int g = g0; g < g1; g++)
+        for (int u = 2 * g; u < 2 * g + 2; u++) { /* prefill: half a group stays in L1 */
+            int t = 0;
+            for (; t + Q8P_MR <= T; t += Q8P_MR) q8p_tile(Q8P_MR, 1, n_in, X, W, n_out, Y, ldy, t, u, 1);
+            switch (T - t) {
+            case 3: q8p_tile(3, 1, n_in, X, W, n_out, Y, ldy, t, u, 1); break;
+            case 2: q8p_tile(2, 1, n_in, X, W, n_out, Y, ldy, t, u, 1); break;
+            case 1: q8p_tile(1, 1, n_in, X, W, n_out, Y, ldy, t, u, 1); break;
+            default: break;
+            }
+        }
+}
+
 /* Rounds half away from zero exactly like roundf: truncate, then add 1
  * when the dropped fraction (computed exactly) is >= 0.5. */
 LP_INLINE __m256 round_away(__m256 v) {
@@ -216,6 +321,39 @@ void lp_avx2_quantize_q8(const float *x, lp_block_q8 *y, int n) {
                                        _mm256_packs_epi32(q[2], q[3]));
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[k].qs, p);
+    }
+}
+
+/* Bit-identical to the scalar twin: same fp32 d = amax / 127, same
+ * x * (1/d), same rounding; corr from the exact int32 sum. */
+static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int k = 0; k < n / LP_QK8; k++) {
+        const float *xb = x + (size_t)k * LP_QK8; // (32)
+        __m256 v[4], amax = _mm256_setzero_ps(), finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+            finite = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_andnot_ps(sign, v[j]),
+                                                         _mm256_set1_ps(INFINITY), _CMP_LT_OQ));
+        }
+        if (_mm256_movemask_ps(finite) != 0xff) { /* NaN or inf */
+            lp_q8a_nonfinite(qs + (size_t)k * LP_QK8, &d[k], &corr[k]);
+            continue;
+        }
+        d[k] = hmax8(amax) / 127.0f;
+        const __m256 id = _mm256_set1_ps(d[k] != 0.0f ? 1.0f / d[k] : 0.0f);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) q[j] = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[j], id)));
+        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        corr[k] = -128 * _mm_cvtsi128_si32(s4);
+        /* packs work per 128-bit lane; the permute restores element order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qs + (size_t)k * LP_QK8), p);
     }
 }
 
@@ -439,8 +577,8 @@ const lp_kernels lp_kernels_avx2 = {
     .gemm_f16 = gemm_f16,
     .gemm_q8 = gemm_q8,
     .quantize_q8 = lp_avx2_quantize_q8,
-    .gemm_q8p = lp_scalar_gemm_q8p,
-    .quantize_q8a = lp_scalar_quantize_q8a,
+    .gemm_q8p = gemm_q8p,
+    .quantize_q8a = quantize_q8a,
     .attention = lp_avx2_attention,
     .dot_f32 = dot_f32,
     .rmsnorm = lp_avx2_rmsnorm,

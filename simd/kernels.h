@@ -29,6 +29,14 @@ typedef enum {
 /* T activation rows quantized for gemm_q8p by quantize_q8a: per block of
  * 32, d = max|x| / 127 (f32, not rounded to fp16), q = round(x / d), and
  * corr = -128 * sum(q) (undoes the +128 of packed weights). */
+/* A block holding NaN or inf quantizes to q = 0, corr = 0, d = NaN: every
+ * product with it is NaN (no undefined float-to-int conversion), as in f32. */
+static inline void lp_q8a_nonfinite(int8_t *qs, float *d, int32_t *corr) {
+    for (int j = 0; j < LP_QK8; j++) qs[j] = 0;
+    *d = __builtin_nanf("");
+    *corr = 0;
+}
+
 typedef struct {
     const int8_t *qs;     /* (T, n_in) */
     const float *d;       /* (T, n_in/32) */

@@ -1,11 +1,11 @@
 /*
  * neon.c — kernels for AArch64 Advanced SIMD (every armv8-a CPU).
  *
- * The file is compiled for baseline armv8-a. The one kernel that needs the
- * armv8.2 dot-product extension (sdot, for the int8 matmul) is compiled
- * for it alone through a target pragma and lives in a second table,
- * lp_kernels_neon_dot, which dispatch.c picks only when getauxval(AT_HWCAP)
- * reports ASIMDDP. fp16 <-> fp32 conversion (fcvtl/fcvtn) is baseline.
+ * The file is compiled for baseline armv8-a. The kernels that need the
+ * armv8.2 dot-product extension (sdot, for the int8 matmuls gemm_q8 and
+ * gemm_q8p) are compiled for it alone through a target pragma and live in a
+ * second table, lp_kernels_neon_dot, which dispatch.c picks only when
+ * getauxval(AT_HWCAP) reports ASIMDDP. fp16 <-> fp32 conversion (fcvtl/fcvtn) is baseline.
  *
  * NEON has no masked loads: tails go through a small zero-padded buffer.
  */
@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "scalar.h"
 
 #define LP_INLINE static inline __attribute__((always_inline))
 /* Loops over the TT tokens / RT rows of a tile: constant trip counts, fully
@@ -185,6 +184,170 @@ LP_INLINE int32x4_t dot_sdot(int8x16_t x0, int8x16_t x1, int8x16_t w0, int8x16_t
 Q8_TILE(q8_tile_sdot, dot_sdot)
 Q8_GEMM(gemm_q8_sdot, q8_tile_sdot)
 #pragma GCC pop_options
+
+/* ------------------------------------------------------ gemm q8 packed */
+
+/* LP_Q8P (quant/blocks.h). 16 bytes of a k-quad slice (64 bytes: 4 k of
+ * 16 rows) hold 4 k of 4 rows; xor 0x80 turns the stored q + 128 back into
+ * signed q, so the products are signed x signed and corr is not needed.
+ * A block function fills s[t][r] (rows 4r..4r+3 of the group, one int32
+ * lane per row) with the exact int32 dots of one 32-element block; the
+ * tile then scales them by d_w (4 rows per vector) * d_x, so no lane ever
+ * needs a horizontal sum. Two versions of the block, as for gemm_q8:
+ * sdot (armv8.2 dotprod) and widening multiplies (armv8-a). */
+#define Q8P_MR 2 /* tokens per tile */
+
+/* 4 k of 4 rows as signed bytes. */
+LP_INLINE int8x16_t q8p_w(const uint8_t *p) {
+    return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p), vdupq_n_u8(0x80)));
+}
+
+/* 4 activation bytes repeated over 16 lanes (memcpy: any alignment). */
+LP_INLINE int8x16_t q8p_x4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return vreinterpretq_s8_s32(vdupq_n_s32(v));
+}
+
+/* armv8-a: vmull/vmlal multiply two k-quads (j, j+1) into int16 lanes (a
+ * lane holds w_j x_j + w_j1 x_j1, at most 2 * 128 * 127, no overflow);
+ * vpadal adds neighbours into int32, leaving each row's sum in two lanes
+ * (lo: rows 0-1, hi: rows 2-3) that one vpadd joins at the end. */
+LP_INLINE void q8p_block_widen(const int TT, const uint8_t *qs, const int8_t *const *x, int b,
+                               int32x4_t s[Q8P_MR][4]) {
+    int32x4_t lo[Q8P_MR][4], hi[Q8P_MR][4];
+    for_tokens(a) for (int r = 0; r < 4; r++) lo[a][r] = hi[a][r] = vdupq_n_s32(0);
+    for (int j = 0; j < 8; j += 2) {
+        int8x16_t w0[4], w1[4];
+        for (int r = 0; r < 4; r++) {
+            w0[r] = q8p_w(qs + 64 * j + 16 * r);
+            w1[r] = q8p_w(qs + 64 * (j + 1) + 16 * r);
+        }
+        for_tokens(a) {
+            const int8x16_t x0 = q8p_x4(x[a] + 32 * b + 4 * j), x1 = q8p_x4(x[a] + 32 * b + 4 * j + 4);
+            for (int r = 0; r < 4; r++) {
+                const int16x8_t pl = vmlal_s8(vmull_s8(vget_low_s8(w0[r]), vget_low_s8(x0)),
+                                              vget_low_s8(w1[r]), vget_low_s8(x1));
+                const int16x8_t ph = vmlal_high_s8(vmull_high_s8(w0[r], x0), w1[r], x1);
+                lo[a][r] = vpadalq_s16(lo[a][r], pl);
+                hi[a][r] = vpadalq_s16(hi[a][r], ph);
+            }
+        }
+    }
+    for_tokens(a) for (int r = 0; r < 4; r++) s[a][r] = vpaddq_s32(lo[a][r], hi[a][r]);
+}
+
+/* Tokens [t0, t0+TT) x the 16 rows of group g; writes rows < n_out. BLOCK
+ * is one of the block functions above. */
+#define Q8P_TILE(NAME, BLOCK)                                                                 \
+    LP_INLINE void NAME(const int TT, int n_in, const lp_q8_act *X, const uint8_t *W,         \
+                        int n_out, float *Y, int ldy, int t0, int g) {                        \
+        const int nb = n_in / LP_QK8;                                                         \
+        const uint8_t *grp = W + (size_t)g * LP_Q8P_GROUP_BYTES(n_in); /* (nb, 544) */        \
+        const int8_t *xq[Q8P_MR];                                      /* (n_in) each */      \
+        float32x4_t acc[Q8P_MR][4];                                                           \
+        for_tokens(a) {                                                                       \
+            xq[a] = X->qs + (size_t)(t0 + a) * n_in;                                          \
+            for (int r = 0; r < 4; r++) acc[a][r] = vdupq_n_f32(0.0f);                        \
+        }                                                                                     \
+        for (int b = 0; b < nb; b++) {                                                        \
+            int32x4_t s[Q8P_MR][4];                                                           \
+            BLOCK(TT, grp + (size_t)nb * 32 + (size_t)b * 512, xq, b, s);                     \
+            for (int r = 0; r < 4; r++) {                                                     \
+                const uint16_t *d = (const uint16_t *)(const void *)(grp + 32 * b) + 4 * r;   \
+                const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d)));       \
+                for_tokens(a) {                                                               \
+                    const float32x4_t sc = vmulq_n_f32(dw, X->d[(size_t)(t0 + a) * nb + b]);  \
+                    acc[a][r] = vfmaq_f32(acc[a][r], vcvtq_f32_s32(s[a][r]), sc);             \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < 4; r++) {                                                         \
+            const int row = g * LP_Q8P_ROWS + 4 * r; /* rows past n_out: padding */           \
+            if (row >= n_out) break;                                                          \
+            for_tokens(a) st(Y + (size_t)(t0 + a) * ldy + row, acc[a][r], n_out - row);       \
+        }                                                                                     \
+    }
+
+/* Groups outer, tokens inner: a group (nb x 544 bytes) stays in cache while
+ * every token tile passes over it; T = 1 streams it once. */
+#define Q8P_GEMM(NAME, TILE, MR)                                                              \
+    static void NAME(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,        \
+                     float *Y, int ldy, int g0, int g1) {                                     \
+        for (int g = g0; g < g1; g++) {                                                       \
+            int t = 0;                                                                        \
+            for (; t + MR <= T; t += MR) TILE(MR, n_in, X, W, n_out, Y, ldy, t, g);           \
+            for (; t < T; t++) TILE(1, n_in, X, W, n_out, Y, ldy, t, g);                      \
+        }                                                                                     \
+    }
+
+Q8P_TILE(q8p_tile_widen, q8p_block_widen)
+Q8P_GEMM(gemm_q8p, q8p_tile_widen, 1)
+
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+/* sdot by lane: lane i of the result gains the dot of row i's 4 bytes of
+ * w with k-quad `lane` of x (16 bytes of x = 4 k-quads). */
+#define Q8P_SDOT_J(j)                                                                         \
+    do {                                                                                      \
+        int8x16_t w[4];                                                                       \
+        for (int r = 0; r < 4; r++) w[r] = q8p_w(qs + 64 * (j) + 16 * r);                     \
+        for_tokens(a) for (int r = 0; r < 4; r++) s[a][r] =                                   \
+            vdotq_laneq_s32(s[a][r], w[r], xv[a][(j) / 4], (j) % 4);                          \
+    } while (0)
+
+LP_INLINE void q8p_block_sdot(const int TT, const uint8_t *qs, const int8_t *const *x, int b,
+                              int32x4_t s[Q8P_MR][4]) {
+    int8x16_t xv[Q8P_MR][2];
+    for_tokens(a) {
+        xv[a][0] = vld1q_s8(x[a] + 32 * b);
+        xv[a][1] = vld1q_s8(x[a] + 32 * b + 16);
+        for (int r = 0; r < 4; r++) s[a][r] = vdupq_n_s32(0);
+    }
+    Q8P_SDOT_J(0);
+    Q8P_SDOT_J(1);
+    Q8P_SDOT_J(2);
+    Q8P_SDOT_J(3);
+    Q8P_SDOT_J(4);
+    Q8P_SDOT_J(5);
+    Q8P_SDOT_J(6);
+    Q8P_SDOT_J(7);
+}
+
+Q8P_TILE(q8p_tile_sdot, q8p_block_sdot)
+Q8P_GEMM(gemm_q8p_sdot, q8p_tile_sdot, Q8P_MR)
+#pragma GCC pop_options
+
+/* Bit-identical to the scalar twin: same fp32 d = amax / 127, same
+ * x * (1/d), fcvtas rounds half away from zero as roundf; corr from the
+ * exact int32 sum. */
+static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
+    for (int k = 0; k < n / LP_QK8; k++) {
+        const float *xb = x + (size_t)k * LP_QK8; // (32)
+        float32x4_t v[8], amax = vdupq_n_f32(0.0f);
+        uint32x4_t finite = vdupq_n_u32(~0u);
+        for (int j = 0; j < 8; j++) {
+            v[j] = vld1q_f32(xb + 4 * j);
+            amax = vmaxq_f32(amax, vabsq_f32(v[j]));
+            finite = vandq_u32(finite, vcltq_f32(vabsq_f32(v[j]), vdupq_n_f32(INFINITY)));
+        }
+        if (vminvq_u32(finite) == 0) { /* NaN or inf */
+            lp_q8a_nonfinite(qs + (size_t)k * LP_QK8, &d[k], &corr[k]);
+            continue;
+        }
+        d[k] = vmaxvq_f32(amax) / 127.0f;
+        const float id = d[k] != 0.0f ? 1.0f / d[k] : 0.0f;
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int j = 0; j < 8; j += 2) {
+            const int32x4_t q0 = vcvtaq_s32_f32(vmulq_n_f32(v[j], id));
+            const int32x4_t q1 = vcvtaq_s32_f32(vmulq_n_f32(v[j + 1], id));
+            sum = vaddq_s32(sum, vaddq_s32(q0, q1));
+            const int16x8_t q16 = vcombine_s16(vqmovn_s32(q0), vqmovn_s32(q1));
+            vst1_s8(qs + (size_t)k * LP_QK8 + 4 * j, vqmovn_s16(q16));
+        }
+        corr[k] = -128 * vaddvq_s32(sum);
+    }
+}
 
 /* Bit-identical to the scalar quantizer: same fp32 d and x * (1/d);
  * fcvtas rounds to nearest with ties away from zero, as roundf. */
@@ -412,12 +575,13 @@ static void attention(const lp_attn_args *a, int h0, int h1) {
 
 #define NEON_SHARED                                                                         \
     .name = "neon", .gemm_f32 = gemm_f32, .gemm_f16 = gemm_f16, .quantize_q8 = quantize_q8, \
-    .gemm_q8p = lp_scalar_gemm_q8p, .quantize_q8a = lp_scalar_quantize_q8a, \
+    .quantize_q8a = quantize_q8a,                                                           \
     .attention = attention, .dot_f32 = dot_f32, .rmsnorm = rmsnorm, .layernorm = layernorm, \
     .softmax = softmax, .gelu_tanh = gelu_tanh, .gelu_erf = gelu_erf, .swiglu = swiglu,     \
     .rope = rope, .add = add, .f16_to_f32 = f16_to_f32, .f32_to_f16 = f32_to_f16
 
 /* armv8-a: runs on every AArch64 CPU. */
-const lp_kernels lp_kernels_neon = {NEON_SHARED, .gemm_q8 = gemm_q8};
-/* Same, with the sdot int8 matmul (HWCAP_ASIMDDP). */
-const lp_kernels lp_kernels_neon_dot = {NEON_SHARED, .gemm_q8 = gemm_q8_sdot};
+const lp_kernels lp_kernels_neon = {NEON_SHARED, .gemm_q8 = gemm_q8, .gemm_q8p = gemm_q8p};
+/* Same, with the sdot int8 matmuls (HWCAP_ASIMDDP). */
+const lp_kernels lp_kernels_neon_dot = {NEON_SHARED, .gemm_q8 = gemm_q8_sdot,
+                                        .gemm_q8p = gemm_q8p_sdot};

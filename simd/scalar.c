@@ -7,7 +7,6 @@
  * block scales, summed in float.
  */
 #include "kernels.h"
-#include "scalar.h"
 
 #include <math.h>
 
@@ -98,8 +97,8 @@ static int32_t dot_block_q8p(const uint8_t *qs, int i, const int8_t *x, int32_t 
     return s;
 }
 
-void lp_scalar_gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,
-                        float *Y, int ldy, int g0, int g1) {
+static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,
+                     float *Y, int ldy, int g0, int g1) {
     const int nb = n_in / LP_QK8;
     for (int g = g0; g < g1; g++) {
         const uint8_t *grp = W + (size_t)g * LP_Q8P_GROUP_BYTES(n_in); // (nb, 544)
@@ -119,11 +118,19 @@ void lp_scalar_gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, i
     }
 }
 
-void lp_scalar_quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
+static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
     for (int b = 0; b < n / LP_QK8; b++) {
         const float *xb = x + (size_t)b * LP_QK8; // (32)
         float amax = 0.0f;
-        for (int j = 0; j < LP_QK8; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        int finite = 1;
+        for (int j = 0; j < LP_QK8; j++) {
+            amax = fmaxf(amax, fabsf(xb[j]));
+            finite &= isfinite(xb[j]) != 0;
+        }
+        if (!finite) { /* NaN or inf: the block's products become NaN */
+            lp_q8a_nonfinite(qs + b * LP_QK8, &d[b], &corr[b]);
+            continue;
+        }
         d[b] = amax / 127.0f;
         const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
         int32_t sum = 0;
@@ -270,8 +277,8 @@ const lp_kernels lp_kernels_scalar = {
     .gemm_f16 = gemm_f16,
     .gemm_q8 = gemm_q8,
     .quantize_q8 = quantize_q8,
-    .gemm_q8p = lp_scalar_gemm_q8p,
-    .quantize_q8a = lp_scalar_quantize_q8a,
+    .gemm_q8p = gemm_q8p,
+    .quantize_q8a = quantize_q8a,
     .attention = attention,
     .dot_f32 = dot_f32,
     .rmsnorm = rmsnorm,

@@ -77,7 +77,7 @@ static void check(check_ctx *c, const float *got, const float *want, const doubl
 /* ------------------------------------------------------------ the cases */
 
 static const int VEC_N[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 768, 1001};
-static const int GEMM_N[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 768};
+static const int GEMM_N[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 768, 4129};
 static const int Q8_N[] = {32, 64, 96, 160, 768};
 static const int TOKENS[] = {1, 2, 3, 4, 5, 17};
 static const int ROWS[][3] = {{13, 0, 13}, {13, 1, 12}, {9, 5, 6}}; /* n_out, r0, r1 */
@@ -213,6 +213,150 @@ static void case_quantize_q8(const lp_kernels *k, check_ctx *c, rng *g) {
         snprintf(c->shape, sizeof c->shape, "n=%d", n);
         check(c, fg, fw, s, nb * 33);
         free(x), free(want), free(got), free(fw), free(fg), free(s);
+    }
+}
+
+/* ------------------------------------------------------ packed int8 */
+
+static const int Q8P_NIN[] = {32, 96, 768, 2048 + 32};
+static const int Q8P_NOUT[] = {1, 15, 16, 17, 33, 100};
+static const int Q8P_T[] = {1, 2, 3, 5, 8, 13, 64};
+
+/* Q8_0 rows with values over the whole int8 range (-128 included: GGUF
+ * files may hold it), random fp16 scales and now and then a zero scale. */
+static lp_block_q8 *rand_q8_full(rng *g, int n_blocks) {
+    lp_block_q8 *b = malloc((size_t)n_blocks * sizeof *b);
+    for (int i = 0; i < n_blocks; i++) {
+        b[i].d = rng_u32(g) % 17 ? lp_f32_to_f16(rng_f(g, 1e-4f, 2e-2f)) : 0;
+        for (int j = 0; j < LP_QK8; j++) b[i].qs[j] = (int8_t)(rng_u32(g) & 0xff);
+    }
+    if (n_blocks > 0) memset(b[0].qs, -128, 4), memset(b[0].qs + 4, 127, 4); /* extremes */
+    return b;
+}
+
+/* Packs Q8_0 rows (n_out, n_in/32 blocks) into a fresh LP_Q8P matrix. */
+static uint8_t *pack_q8p(const lp_block_q8 *rows, int n_out, int n_in) {
+    uint8_t *p = malloc(lp_q8p_bytes(n_out, n_in));
+    lp_q8p_pack(rows, n_out, n_in, p, 0, LP_Q8P_GROUPS(n_out));
+    return p;
+}
+
+/* T activation rows quantized by a table's quantize_q8a. */
+typedef struct {
+    int8_t *qs;      // (T, n_in)
+    float *d;        // (T, n_in/32)
+    int32_t *corr;   // (T, n_in/32)
+    lp_q8_act act;
+} q8_acts;
+
+static void acts_quantize(q8_acts *a, const lp_kernels *k, const float *X, int T, int n_in) {
+    const int nb = n_in / LP_QK8;
+    a->qs = malloc((size_t)T * n_in);
+    a->d = malloc((size_t)T * nb * sizeof *a->d);
+    a->corr = malloc((size_t)T * nb * sizeof *a->corr);
+    for (int t = 0; t < T; t++)
+        k->quantize_q8a(X + (size_t)t * n_in, n_in, a->qs + (size_t)t * n_in, a->d + t * nb,
+                        a->corr + t * nb);
+    a->act = (lp_q8_act){a->qs, a->d, a->corr};
+}
+
+/* The error scale of Y[t, r]: sum over blocks of |x| . |w| (dequantized),
+ * in double, from the unpacked rows (n_out, nb blocks). */
+static double *q8p_scale(const q8_acts *x, const lp_block_q8 *Wr, int T, int n_in, int ldy,
+                         int r0, int r1) {
+    const int nb = n_in / LP_QK8;
+    double *s = dvec(T * ldy);
+    for (int t = 0; t < T; t++)
+        for (int r = r0; r < r1; r++) {
+            double acc = 1e-30;
+            for (int b = 0; b < nb; b++) {
+                const lp_block_q8 *w = &Wr[(size_t)r * nb + b];
+                long dot = 0;
+                const int8_t *xb = x->qs + (size_t)t * n_in + b * LP_QK8; // (32)
+                for (int j = 0; j < LP_QK8; j++) dot += labs((long)xb[j] * w->qs[j]);
+                acc += (double)dot * x->d[t * nb + b] * lp_f16_to_f32(w->d);
+            }
+            s[t * ldy + r] = acc;
+        }
+    return s;
+}
+
+static void acts_free(q8_acts *a) { free(a->qs), free(a->d), free(a->corr); }
+
+/* Group ranges [g0, g1) of G groups: all, the upper half (with the padded
+ * last group), the lower half. */
+static void q8p_range(int G, int which, int *g0, int *g1) {
+    *g0 = which == 1 ? G / 2 : 0;
+    *g1 = which == 2 ? (G + 1) / 2 : G;
+}
+
+static void case_gemm_q8p(const lp_kernels *k, check_ctx *c, rng *g) {
+    const lp_kernels *ref = &lp_kernels_scalar;
+    for (int a = 0; a < COUNT(Q8P_NIN); a++)
+        for (int o = 0; o < COUNT(Q8P_NOUT); o++)
+            for (int b = 0; b < COUNT(Q8P_T); b++) {
+                const int n = Q8P_NIN[a], n_out = Q8P_NOUT[o], T = Q8P_T[b], nb = n / LP_QK8;
+                const int G = LP_Q8P_GROUPS(n_out), ldy = n_out + 5;
+                float *X = rand_vec(g, T * n, -3, 3);
+                q8_acts xq;
+                acts_quantize(&xq, ref, X, T, n);
+                lp_block_q8 *Wr = rand_q8_full(g, n_out * nb);
+                uint8_t *W = pack_q8p(Wr, n_out, n);
+                for (int which = 0; which < 3; which++) {
+                    int g0, g1;
+                    q8p_range(G, which, &g0, &g1);
+                    const int r0 = g0 * LP_Q8P_ROWS, r1 = g1 * LP_Q8P_ROWS < n_out ? g1 * LP_Q8P_ROWS : n_out;
+                    float *want = fill_vec(T * ldy, SENTINEL), *got = fill_vec(T * ldy, SENTINEL);
+                    ref->gemm_q8p(T, n, &xq.act, W, n_out, want, ldy, g0, g1);
+                    k->gemm_q8p(T, n, &xq.act, W, n_out, got, ldy, g0, g1);
+                    /* columns outside rows [r0, r1) (padding rows, other
+                     * groups, ldy slack) must keep their canary */
+                    for (int t = 0; t < T; t++)
+                        for (int r = 0; r < ldy; r++)
+                            if (r < r0 || r >= r1) want[t * ldy + r] = SENTINEL;
+                    double *s = q8p_scale(&xq, Wr, T, n, ldy, r0, r1);
+                    snprintf(c->shape, sizeof c->shape, "T=%d n_in=%d n_out=%d groups=[%d,%d)", T,
+                             n, n_out, g0, g1);
+                    check(c, got, want, s, T * ldy);
+                    free(want), free(got), free(s);
+                }
+                free(X), free(Wr), free(W);
+                acts_free(&xq);
+            }
+}
+
+/* d, qs and corr of one row as floats (all exact) for a bit-exact compare. */
+static float *q8a_as_floats(const lp_kernels *k, const float *x, int n) {
+    const int nb = n / LP_QK8;
+    int8_t *qs = malloc((size_t)n);
+    float *d = malloc((size_t)nb * sizeof *d), *out = malloc((size_t)(n + 2 * nb) * sizeof *out);
+    int32_t *corr = malloc((size_t)nb * sizeof *corr);
+    k->quantize_q8a(x, n, qs, d, corr);
+    for (int i = 0; i < n; i++) out[i] = qs[i];
+    for (int b = 0; b < nb; b++) out[n + b] = d[b], out[n + nb + b] = (float)corr[b];
+    free(qs), free(d), free(corr);
+    return out;
+}
+
+static void case_quantize_q8a(const lp_kernels *k, check_ctx *c, rng *g) {
+    static const int N[] = {32, 64, 96, 160, 768, 2048 + 32};
+    for (int a = 0; a < COUNT(N); a++) {
+        const int n = N[a], nb = n / LP_QK8;
+        float *x = rand_vec(g, n, -5, 5);
+        for (int j = 0; j < LP_QK8; j++) x[j] = 0.0f; /* all-zero block: d = 0, corr = 0 */
+        if (nb > 1) x[LP_QK8 + 3] = -1e4f;          /* negative extreme sets d */
+        if (nb > 2) { /* d = 1 exactly: x * (1/d) = k + 0.5 are ties (away from 0) */
+            for (int j = 0; j < LP_QK8; j++) x[2 * LP_QK8 + j] = (float)(j - 16) + 0.5f;
+            x[2 * LP_QK8 + 31] = 127.0f;
+            x[2 * LP_QK8 + 30] = nextafterf(0.5f, 0.0f); /* just below a tie: 0 */
+            x[2 * LP_QK8 + 29] = -nextafterf(2.5f, 0.0f);
+        }
+        if (nb > 3) x[3 * LP_QK8 + 7] = -0.0f;
+        float *want = q8a_as_floats(&lp_kernels_scalar, x, n), *got = q8a_as_floats(k, x, n);
+        double *s = dvec(n + 2 * nb);
+        snprintf(c->shape, sizeof c->shape, "n=%d", n);
+        check(c, got, want, s, n + 2 * nb);
+        free(x), free(want), free(got), free(s);
     }
 }
 
@@ -462,7 +606,8 @@ typedef struct {
 static const kernel_case CASES[] = {
     {"gemm_f32", case_gemm_f32, 4e-6,
      "reordered fp32 sums (tiles, 8/16 lanes, fma): the worst case n*eps*sum|x w| "
-     "is 1e-4 at n=768, the random walk ~sqrt(n)*eps ~ 3e-6 (observed 2e-7)"},
+     "is 5e-4 at n=4129; with random signs the partial sums stay ~sqrt(k) terms, "
+     "so the error is a few eps of sum|x w| (observed 2e-7)"},
     {"gemm_f16", case_gemm_f16, 4e-6,
      "same as gemm_f32: fp16 -> fp32 conversion is exact on both sides"},
     {"gemm_q8", case_gemm_q8, 4e-6,
@@ -470,6 +615,12 @@ static const kernel_case CASES[] = {
      "order of the fp32 block sum differ"},
     {"quantize_q8", case_quantize_q8, 0.0,
      "bit-exact: same fp32 d, same x*(1/d), same round-half-away"},
+    {"gemm_q8p", case_gemm_q8p, 4e-6,
+     "int32 block dots are exact; the fp32 sum over blocks runs in the same "
+     "order, only fma vs mul+add rounds differently (< 1 ulp per block of "
+     "sum|terms|); rows outside the groups and padding rows exact (canaries)"},
+    {"quantize_q8a", case_quantize_q8a, 0.0,
+     "bit-exact d, qs and corr: same fp32 d, same x*(1/d), same round-half-away"},
     {"attention", case_attention, 4e-6,
      "|q|,|k|,|v| <= 1: scores differ by a reordered dot (~1e-6), exp by "
      "<= 1 ulp (SLEEF u10 vs libm), probabilities by the reordered sum"},
@@ -697,6 +848,141 @@ static void test_scalar_q8(void **state) {
     free(W);
 }
 
+/* Packing only moves bytes: lp_q8p_pack then lp_q8p_unpack_row gives back
+ * every Q8_0 row, also when groups are packed in separate calls (as
+ * threads do); padding rows unpack to zero blocks; the packed matrix has
+ * the documented size; dequant_row is d * q. */
+static void test_q8p_pack(void **state) {
+    (void)state;
+    rng g = {2024};
+    static const int shapes[][2] = {{1, 32}, {15, 96}, {16, 64}, {37, 2080}, {100, 768}};
+    for (int s = 0; s < COUNT(shapes); s++) {
+        const int n_out = shapes[s][0], n_in = shapes[s][1], nb = n_in / LP_QK8;
+        const int G = LP_Q8P_GROUPS(n_out);
+        assert_int_equal(lp_q8p_bytes(n_out, n_in), (size_t)G * 16 * nb * sizeof(lp_block_q8));
+        lp_block_q8 *rows = rand_q8_full(&g, n_out * nb), *back = malloc((size_t)nb * sizeof *back);
+        uint8_t *whole = pack_q8p(rows, n_out, n_in), *split = malloc(lp_q8p_bytes(n_out, n_in));
+        lp_q8p_pack(rows, n_out, n_in, split, G / 2, G); /* upper groups first */
+        lp_q8p_pack(rows, n_out, n_in, split, 0, G / 2);
+        assert_memory_equal(whole, split, lp_q8p_bytes(n_out, n_in));
+        float *deq = malloc((size_t)n_in * sizeof *deq);
+        for (int r = 0; r < G * LP_Q8P_ROWS; r++) {
+            lp_q8p_unpack_row(whole, n_in, r, back);
+            if (r < n_out) {
+                assert_memory_equal(back, rows + (size_t)r * nb, (size_t)nb * sizeof *back);
+                lp_q8p_dequant_row(whole, n_in, r, deq);
+                for (int i = 0; i < n_in; i++) {
+                    const lp_block_q8 *blk = &rows[(size_t)r * nb + i / LP_QK8];
+                    assert_true(deq[i] == lp_f16_to_f32(blk->d) * blk->qs[i % LP_QK8]);
+                }
+            } else {
+                for (int b = 0; b < nb; b++) {
+                    assert_int_equal(back[b].d, 0);
+                    for (int j = 0; j < LP_QK8; j++) assert_int_equal(back[b].qs[j], 0);
+                }
+            }
+        }
+        free(rows), free(back), free(whole), free(split), free(deq);
+    }
+}
+
+/* Every runnable table (the scalar one included) against the definition:
+ * quantize_q8a gives d = max|x| / 127, |x - d q| <= d / 2 and corr =
+ * -128 sum(q); gemm_q8p equals the double sum over blocks of
+ * dot(dequantized x, dequantized w) taken from the Q8_0 rows before
+ * packing. Error bound: the int32 block dots are exact, each block term
+ * is rounded twice (d_x * d_w, then times the dot) and the fp32 sum of nb
+ * terms adds at most nb roundings, so |Y - exact| <= (nb + 2) * 2^-24 *
+ * sum |x_i w_i| (first order). */
+/* A block with NaN or inf must not reach a float-to-int conversion (UB):
+ * every ISA quantizes it to q = 0, corr = 0, d = NaN, and the products of
+ * that token come out NaN, as f32 arithmetic would give; other blocks and
+ * tokens are unaffected. */
+static void test_q8a_nonfinite(void **state) {
+    (void)state;
+    const int T = 2, n_in = 96, n_out = 17, nb = n_in / LP_QK8;
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (const char *const *name = lp_kern_names(); *name; name++) {
+        const lp_kernels *k = lp_kern_get(*name);
+        if (!k) continue;
+        for (int v = 0; v < COUNT(bad); v++) {
+            rng g = {77};
+            float *X = rand_vec(&g, T * n_in, -2, 2);
+            X[LP_QK8 + 5] = bad[v]; /* token 0, block 1 */
+            q8_acts xq;
+            acts_quantize(&xq, k, X, T, n_in);
+            assert_true(isnan(xq.d[1]));
+            assert_int_equal(xq.corr[1], 0);
+            for (int j = 0; j < LP_QK8; j++) assert_int_equal(xq.qs[LP_QK8 + j], 0);
+            for (int b = 0; b < T * nb; b++)
+                if (b != 1) assert_true(isfinite(xq.d[b]));
+            lp_block_q8 *rows = rand_q8_full(&g, n_out * nb);
+            uint8_t *W = pack_q8p(rows, n_out, n_in);
+            float *Y = fill_vec(T * n_out, 0.0f);
+            k->gemm_q8p(T, n_in, &xq.act, W, n_out, Y, n_out, 0, LP_Q8P_GROUPS(n_out));
+            for (int r = 0; r < n_out; r++) {
+                assert_true(isnan(Y[r]));
+                assert_true(isfinite(Y[n_out + r]));
+            }
+            free(X), free(rows), free(W), free(Y);
+            acts_free(&xq);
+        }
+    }
+}
+
+static void test_q8p_vs_double(void **state) {
+    (void)state;
+    static const int shapes[][3] = {{5, 2080, 37}, {3, 96, 16}, {1, 768, 100}}; /* T, n_in, n_out */
+    for (const char *const *name = lp_kern_names(); *name; name++) {
+        const lp_kernels *k = lp_kern_get(*name);
+        if (!k) continue;
+        rng g = {31337};
+        for (int sh = 0; sh < COUNT(shapes); sh++) {
+            const int T = shapes[sh][0], n_in = shapes[sh][1], n_out = shapes[sh][2];
+            const int nb = n_in / LP_QK8, ldy = n_out + 1;
+            float *X = rand_vec(&g, T * n_in, -3, 3);
+            for (int i = 0; i < LP_QK8; i++) X[i] = 0.0f; /* an all-zero block */
+            q8_acts xq;
+            acts_quantize(&xq, k, X, T, n_in);
+            for (int i = 0; i < T * nb; i++) {
+                double amax = 0;
+                int32_t sum = 0;
+                for (int j = 0; j < LP_QK8; j++) amax = fmax(amax, fabs(X[i * LP_QK8 + j]));
+                assert_true(fabs(xq.d[i] - amax / 127) <= amax / 127 * 0x1p-23);
+                for (int j = 0; j < LP_QK8; j++) {
+                    const double err = fabs(X[i * LP_QK8 + j] - (double)xq.d[i] * xq.qs[i * LP_QK8 + j]);
+                    assert_true(err <= 0.5 * xq.d[i] * (1 + 0x1p-20));
+                    sum += xq.qs[i * LP_QK8 + j];
+                }
+                assert_int_equal(xq.corr[i], -128 * sum);
+            }
+            lp_block_q8 *rows = rand_q8_full(&g, n_out * nb);
+            uint8_t *W = pack_q8p(rows, n_out, n_in);
+            float *Y = fill_vec(T * ldy, SENTINEL);
+            k->gemm_q8p(T, n_in, &xq.act, W, n_out, Y, ldy, 0, LP_Q8P_GROUPS(n_out));
+            for (int t = 0; t < T; t++) {
+                assert_true(Y[t * ldy + n_out] == SENTINEL);
+                for (int r = 0; r < n_out; r++) {
+                    double want = 0, scale = 0;
+                    for (int i = 0; i < n_in; i++) {
+                        const lp_block_q8 *w = &rows[(size_t)r * nb + i / LP_QK8];
+                        const double p = (double)xq.d[t * nb + i / LP_QK8] * xq.qs[t * n_in + i] *
+                                         lp_f16_to_f32(w->d) * w->qs[i % LP_QK8];
+                        want += p, scale += fabs(p);
+                    }
+                    const double tol = (nb + 2) * 0x1p-24 * scale;
+                    if (fabs(Y[t * ldy + r] - want) > tol)
+                        print_message("%s: T=%d n_in=%d [%d,%d]: got %.9g want %.9g (tol %.3g)\n",
+                                      *name, T, n_in, t, r, Y[t * ldy + r], want, tol);
+                    assert_true(fabs(Y[t * ldy + r] - want) <= tol);
+                }
+            }
+            free(X), free(rows), free(W), free(Y);
+            acts_free(&xq);
+        }
+    }
+}
+
 /* Naive double-precision causal GQA attention. */
 static void test_scalar_attention(void **state) {
     (void)state;
@@ -768,6 +1054,7 @@ static void assert_table_complete(const lp_kernels *k) {
     assert_non_null(k->name);
     assert_non_null(k->gemm_f32), assert_non_null(k->gemm_f16), assert_non_null(k->gemm_q8);
     assert_non_null(k->quantize_q8), assert_non_null(k->attention), assert_non_null(k->dot_f32);
+    assert_non_null(k->gemm_q8p), assert_non_null(k->quantize_q8a);
     assert_non_null(k->rmsnorm), assert_non_null(k->layernorm), assert_non_null(k->softmax);
     assert_non_null(k->gelu_tanh), assert_non_null(k->gelu_erf), assert_non_null(k->swiglu);
     assert_non_null(k->rope), assert_non_null(k->add), assert_non_null(k->f16_to_f32);
@@ -842,6 +1129,9 @@ int main(void) {
         cmocka_unit_test(test_scalar_rope),
         cmocka_unit_test(test_scalar_q8),
         cmocka_unit_test(test_scalar_attention),
+        cmocka_unit_test(test_q8p_pack),
+        cmocka_unit_test(test_q8p_vs_double),
+        cmocka_unit_test(test_q8a_nonfinite),
         cmocka_unit_test(test_kernels_vs_scalar),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
