@@ -20,62 +20,106 @@
  * calling thread: waking a worker costs a few microseconds. */
 #define LP_MIN_PARALLEL_MACS (1u << 18)
 
+/* Up to LP_MATMUL_MAX products of one input X (T, n_in) run as one pool
+ * job: the tasks of all of them in one list, so a decode step pays one
+ * round trip for Q, K and V (and one for gate and up), not three. */
+#define LP_MATMUL_MAX 3
+
 typedef struct {
     const lp_kernels *k;
-    float *Y;
-    int ldy;
     const float *X;
-    const lp_block_q8 *Xq;
+    lp_q8_act act;     /* X quantized, for LP_Q8P */
     int T;
-    const lp_mat *W;
-    int rows_per_task;
+    int n;             /* products */
+    lp_matmul_out out[LP_MATMUL_MAX];
+    int per_task[LP_MATMUL_MAX];       /* rows, or groups of 16 rows for LP_Q8P */
+    int first_task[LP_MATMUL_MAX + 1]; /* product p owns tasks [first[p], first[p+1]) */
 } lp_matmul_job;
+
+static int lp_mat_units(const lp_mat *W) {
+    return W->type == LP_Q8P ? LP_Q8P_GROUPS(W->rows) : W->rows;
+}
 
 static void lp_matmul_task(void *ctx, int i, int thread) {
     (void)thread;
     const lp_matmul_job *j = ctx;
-    int r0 = i * j->rows_per_task;
-    int r1 = r0 + j->rows_per_task;
-    if (r1 > j->W->rows) r1 = j->W->rows;
-    const lp_mat *W = j->W;
-    switch (W->type) {
-    case LP_F32: j->k->gemm_f32(j->T, W->cols, j->X, W->data, j->Y, j->ldy, r0, r1); break;
-    case LP_F16: j->k->gemm_f16(j->T, W->cols, j->X, W->data, j->Y, j->ldy, r0, r1); break;
-    case LP_Q8: j->k->gemm_q8(j->T, W->cols, j->Xq, W->data, j->Y, j->ldy, r0, r1); break;
-    default: break; /* loaders never produce other types */
-    }
+    int p = 0;
+    while (i >= j->first_task[p + 1]) p++;
+    const lp_mat *W = j->out[p].W;
+    float *Y = j->out[p].Y;
+    const int ldy = j->out[p].ldy;
+    int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
+    if (b > lp_mat_units(W)) b = lp_mat_units(W);
+    if (W->type == LP_Q8P) j->k->gemm_q8p(j->T, W->cols, &j->act, W->data, W->rows, Y, ldy, a, b);
+    else if (W->type == LP_F32) j->k->gemm_f32(j->T, W->cols, j->X, W->data, Y, ldy, a, b);
+    else j->k->gemm_f16(j->T, W->cols, j->X, W->data, Y, ldy, a, b); /* LP_F16 */
 }
 
 typedef struct {
     const lp_kernels *k;
-    const float *X;
-    lp_block_q8 *Xq;
+    const float *X; /* (T, n) */
     int n;
+    int8_t *qs;     /* (T, n) */
+    float *d;       /* (T, n/32) */
+    int32_t *corr;  /* (T, n/32) */
 } lp_quant_job;
 
 static void lp_quant_task(void *ctx, int t, int thread) {
     (void)thread;
     const lp_quant_job *j = ctx;
-    j->k->quantize_q8(j->X + (size_t)t * j->n, j->Xq + (size_t)t * (j->n / LP_QK8), j->n);
+    size_t nb = (size_t)(j->n / LP_QK8);
+    j->k->quantize_q8a(j->X + (size_t)t * j->n, j->n, j->qs + (size_t)t * j->n, j->d + t * nb,
+                       j->corr + t * nb);
+}
+
+/* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
+ * of 16; int8 groups in multiples of 4 (64 rows), so a kernel that blocks
+ * groups pairs the same ones whatever the thread count. */
+static int lp_matmul_per_task(const lp_mat *W, int n_threads) {
+    int n_units = lp_mat_units(W);
+    if (n_threads == 1) return n_units;
+    int per = (n_units + 4 * n_threads - 1) / (4 * n_threads);
+    if (W->type == LP_Q8P) return (per + 3) & ~3;
+    per = (per + 15) & ~15;
+    return per < 16 ? 16 : per;
+}
+
+void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul_out *out) {
+    for (int p = 1; p < n; p++) /* one job needs one input format */
+        if (out[p].W->type != out[0].W->type || out[p].W->cols != out[0].W->cols ||
+            n > LP_MATMUL_MAX) {
+            for (int q = 0; q < n; q++) lp_matmul_n(s, X, T, 1, &out[q]);
+            return;
+        }
+    const lp_kernels *k = lp_kern();
+    const lp_mat *W0 = out[0].W;
+    size_t macs = 0;
+    for (int p = 0; p < n; p++) macs += (size_t)out[p].W->rows * W0->cols * T;
+    /* a small product is not worth waking other threads for */
+    int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
+    lp_matmul_job j = {k, X, {s->xq, s->xq_d, s->xq_corr}, T, n, {{0}}, {0}, {0}};
+    if (W0->type == LP_Q8P) { /* quantize each activation row once */
+        lp_quant_job qj = {k, X, W0->cols, s->xq, s->xq_d, s->xq_corr};
+        if (n_threads == 1)
+            for (int t = 0; t < T; t++) lp_quant_task(&qj, t, 0);
+        else
+            lp_pool_run(s->pool, T, lp_quant_task, &qj);
+    }
+    for (int p = 0; p < n; p++) {
+        j.out[p] = out[p];
+        j.per_task[p] = lp_matmul_per_task(out[p].W, n_threads);
+        int units = lp_mat_units(out[p].W);
+        j.first_task[p + 1] = j.first_task[p] + (units + j.per_task[p] - 1) / j.per_task[p];
+    }
+    if (n_threads == 1)
+        for (int i = 0; i < j.first_task[n]; i++) lp_matmul_task(&j, i, 0);
+    else
+        lp_pool_run(s->pool, j.first_task[n], lp_matmul_task, &j);
 }
 
 void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const lp_mat *W) {
-    const lp_kernels *k = lp_kern();
-    lp_matmul_job j = {k, Y, ldy, X, NULL, T, W, 0};
-    if (W->type == LP_Q8) { /* quantize each activation row once per matmul */
-        lp_quant_job qj = {k, X, s->xq, W->cols};
-        lp_pool_run(s->pool, T, lp_quant_task, &qj);
-        j.Xq = s->xq;
-    }
-    /* ~4 tasks per thread for balance; multiples of 16 rows for the tiles.
-     * A small product is not worth waking other threads for. */
-    int n_threads = lp_pool_size(s->pool);
-    if ((size_t)W->rows * W->cols * T < LP_MIN_PARALLEL_MACS) n_threads = 1;
-    int per = (W->rows + 4 * n_threads - 1) / (4 * n_threads);
-    per = n_threads == 1 ? W->rows : (per + 15) & ~15;
-    if (per < 16) per = 16;
-    j.rows_per_task = per;
-    lp_pool_run(s->pool, (W->rows + per - 1) / per, lp_matmul_task, &j);
+    const lp_matmul_out out = {Y, ldy, W};
+    lp_matmul_n(s, X, T, 1, &out);
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -161,9 +205,9 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     float *vc = s->kv_type == LP_F32 ? (float *)(v_layer + (size_t)pos0 * kv_dim * elt) : s->vbuf;
 
     lp_norm_rows(m, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
-    lp_matmul(s, s->q, q_dim, s->xn, T, &L->wq);
-    lp_matmul(s, kc, kv_dim, s->xn, T, &L->wk);
-    lp_matmul(s, vc, kv_dim, s->xn, T, &L->wv);
+    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq}, {kc, kv_dim, &L->wk},
+                                  {vc, kv_dim, &L->wv}};
+    lp_matmul_n(s, s->xn, T, 3, qkv);
     lp_add_bias(s->q, L->bq, T, q_dim);
     lp_add_bias(kc, L->bk, T, kv_dim);
     lp_add_bias(vc, L->bv, T, kv_dim);
@@ -224,10 +268,14 @@ static int lp_mlp_forward(loupe_session *s, int l, int T) {
     int C = hp->dim, F = hp->ffn_dim;
 
     lp_norm_rows(m, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
-    lp_matmul(s, s->hb, F, s->xn, T, &L->w_up);
+    if (hp->act == LP_ACT_SILU) { /* gate and up in one job */
+        const lp_matmul_out up_gate[2] = {{s->hb, F, &L->w_up}, {s->hb2, F, &L->w_gate}};
+        lp_matmul_n(s, s->xn, T, 2, up_gate);
+    } else {
+        lp_matmul(s, s->hb, F, s->xn, T, &L->w_up);
+    }
     lp_add_bias(s->hb, L->b_up, T, F);
     if (hp->act == LP_ACT_SILU) {
-        lp_matmul(s, s->hb2, F, s->xn, T, &L->w_gate);
         k->swiglu(s->hb, s->hb2, s->hb, T * F);
     } else if (hp->act == LP_ACT_GELU_TANH) {
         k->gelu_tanh(s->hb, T * F);
@@ -255,10 +303,8 @@ static void lp_embed(loupe_session *s, const int32_t *tokens, int T) {
             memcpy(row, (const float *)E->data + r * C, (size_t)C * sizeof(float));
         } else if (E->type == LP_F16) {
             k->f16_to_f32((const uint16_t *)E->data + r * C, row, C);
-        } else { /* Q8: dequantize the row's blocks */
-            const lp_block_q8 *b = (const lp_block_q8 *)E->data + r * (C / LP_QK8);
-            for (int i = 0; i < C; i++)
-                row[i] = lp_f16_to_f32(b[i / LP_QK8].d) * (float)b[i / LP_QK8].qs[i % LP_QK8];
+        } else { /* LP_Q8P: the row's blocks dequantized */
+            lp_q8p_dequant_row(E->data, C, (int64_t)r, row);
         }
         if (m->w.pos_embd) k->add(row, m->w.pos_embd + (size_t)(s->pos + t) * C, C);
     }

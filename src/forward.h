@@ -13,6 +13,17 @@
 loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T,
                         float *logits, int all_logits);
 
+/* One product of a shared input: Y (T, ldy) columns [0, W->rows). */
+typedef struct {
+    float *Y;
+    int ldy;
+    const lp_mat *W;
+} lp_matmul_out;
+
+/* The n (<= 3) products X (T, cols) · W_pᵀ as one threaded job (X quantized
+ * once); products of different types or widths run one after another. */
+void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul_out *out);
+
 /* Y (T, ldy) rows [0, W->rows) = X (T, W->cols) · Wᵀ, threaded over rows. */
 void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T,
                const lp_mat *W);

@@ -10,9 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include "error.h"
+#include "threadpool.h"
 #include "../quant/loupe_format.h"
 
 #define LP_ALIGN 64 /* owned buffers: cache-line aligned for the kernels */
@@ -27,14 +29,19 @@ const char *lp_arch_name(lp_arch a) {
 
 /* ------------------------------------------------------------ ownership */
 
+/* Room for one more owned buffer; 0 on OOM. */
+static int lp_owned_room(loupe_model *m) {
+    if (m->n_owned < m->cap_owned) return 1;
+    int nc = m->cap_owned ? 2 * m->cap_owned : 32;
+    void **p = realloc(m->owned, sizeof *p * (size_t)nc);
+    if (!p) return 0;
+    m->owned = p;
+    m->cap_owned = nc;
+    return 1;
+}
+
 void *lp_model_alloc(loupe_model *m, size_t bytes) {
-    if (m->n_owned == m->cap_owned) {
-        int nc = m->cap_owned ? 2 * m->cap_owned : 32;
-        void **p = realloc(m->owned, sizeof *p * (size_t)nc);
-        if (!p) return NULL;
-        m->owned = p;
-        m->cap_owned = nc;
-    }
+    if (!lp_owned_room(m)) return NULL;
     size_t sz = (bytes + LP_ALIGN - 1) / LP_ALIGN * LP_ALIGN;
     void *buf = aligned_alloc(LP_ALIGN, sz ? sz : LP_ALIGN);
     if (!buf) return NULL;
@@ -67,7 +74,13 @@ loupe_status lp_model_add_tensor(loupe_model *m, const char *name, lp_dtype type
 lp_mat lp_mat_rows(const lp_mat *w, int r0, int n) {
     lp_mat s = *w;
     s.rows = n;
-    s.data = (const uint8_t *)w->data + lp_dtype_bytes(w->type, (uint64_t)r0 * w->cols);
+    if (w->type != LP_Q8P) {
+        s.data = (const uint8_t *)w->data + lp_dtype_bytes(w->type, (uint64_t)r0 * w->cols);
+    } else if (r0 % LP_Q8P_ROWS == 0) {
+        s.data = (const uint8_t *)w->data + (size_t)(r0 / LP_Q8P_ROWS) * LP_Q8P_GROUP_BYTES(w->cols);
+    } else {
+        s.data = NULL; /* a group would hold rows of two matrices */
+    }
     return s;
 }
 
@@ -166,32 +179,151 @@ static void *lp_convert(loupe_model *m, const lp_tensor_info *t, int64_t R, int6
     return dst;
 }
 
-loupe_status lp_bind_mat(loupe_model *m, const lp_tensor_info *t, int rows, int cols,
-                         int transpose, lp_mat *out) {
+/* ------------------------------------------------------------ int8 packing */
+
+#define LP_PACK_MAX_THREADS 64
+#define LP_PACK_MIN_BYTES (4u << 20)    /* smaller jobs pack on the caller */
+#define LP_PACK_CHUNK_BYTES (16u << 20) /* source released after each chunk */
+
+/* Groups [g0, g1) of one packing job. */
+typedef struct {
+    const lp_block_q8 *src; /* (rows, cols/32) */
+    int64_t rows, cols;
+    void *dst;
+    int64_t g0, g1;
+} lp_pack_part;
+
+static void *lp_pack_thread(void *arg) {
+    const lp_pack_part *p = arg;
+    lp_q8p_pack(p->src, p->rows, p->cols, p->dst, p->g0, p->g1);
+    return NULL;
+}
+
+/* Packs groups [g0, g1) of (rows, cols) Q8_0 rows into dst (a whole
+ * packed matrix), split over up to n_threads threads (the caller is one of
+ * them; a thread that cannot start leaves its share to the caller). */
+static void lp_pack_groups(const lp_block_q8 *src, int64_t rows, int64_t cols, void *dst,
+                           int64_t g0, int64_t g1, int n_threads) {
+    int64_t n = g1 - g0;
+    if ((size_t)n * LP_Q8P_GROUP_BYTES(cols) < LP_PACK_MIN_BYTES) n_threads = 1;
+    if (n_threads > LP_PACK_MAX_THREADS) n_threads = LP_PACK_MAX_THREADS;
+    if (n_threads > n) n_threads = (int)n;
+    if (n_threads < 1) n_threads = 1;
+    lp_pack_part part[LP_PACK_MAX_THREADS];
+    pthread_t th[LP_PACK_MAX_THREADS];
+    int started[LP_PACK_MAX_THREADS] = {0};
+    for (int i = 0; i < n_threads; i++) {
+        part[i] = (lp_pack_part){src, rows, cols, dst, g0 + n * i / n_threads,
+                                 g0 + n * (i + 1) / n_threads};
+        if (i > 0) started[i] = pthread_create(&th[i], NULL, lp_pack_thread, &part[i]) == 0;
+    }
+    for (int i = 0; i < n_threads; i++)
+        if (!started[i]) lp_pack_thread(&part[i]);
+    for (int i = 1; i < n_threads; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+}
+
+/* Packs (rows, cols) Q8_0 rows into dst (lp_q8p_bytes(rows, cols)) chunk
+ * by chunk, giving back the file pages of each chunk once packed (ts:
+ * NULL for a source outside the mappings), so no more than a chunk of the
+ * source is resident next to the packed copy. */
+static void lp_pack_q8(const lp_tensor_set *ts, const lp_block_q8 *src, int64_t rows,
+                       int64_t cols, void *dst, int n_threads) {
+    const int64_t n_groups = LP_Q8P_GROUPS(rows), nb = cols / LP_QK8;
+    int64_t chunk = (int64_t)(LP_PACK_CHUNK_BYTES / LP_Q8P_GROUP_BYTES(cols));
+    if (chunk < 1) chunk = 1;
+    for (int64_t g = 0; g < n_groups; g += chunk) {
+        int64_t g1 = g + chunk < n_groups ? g + chunk : n_groups;
+        lp_pack_groups(src, rows, cols, dst, g, g1, n_threads);
+        int64_t r0 = g * LP_Q8P_ROWS, r1 = g1 * LP_Q8P_ROWS < rows ? g1 * LP_Q8P_ROWS : rows;
+        lp_tensor_set_release(ts, src + r0 * nb, (uint64_t)((r1 - r0) * nb) * sizeof *src);
+    }
+}
+
+/* Rows [r0, r0 + n) of an int8 tensor t (Q8_0 rows or LP_Q8P, cols wide),
+ * packed into dst. Rows that are not already aligned Q8_0 blocks go through
+ * a temporary copy. */
+static loupe_status lp_pack_rows(loupe_model *m, const lp_tensor_info *t, int64_t r0,
+                                 int64_t n, int64_t cols, void *dst) {
+    const int64_t nb = cols / LP_QK8;
+    const uint8_t *src = (const uint8_t *)t->data + (size_t)(r0 * nb) * sizeof(lp_block_q8);
+    if (t->type == LP_Q8 && (uintptr_t)src % _Alignof(lp_block_q8) == 0) {
+        lp_pack_q8(&m->ts, (const lp_block_q8 *)(const void *)src, n, cols, dst, m->load_threads);
+        return LOUPE_OK;
+    }
+    lp_block_q8 *tmp = malloc((size_t)(n * nb) * sizeof *tmp + 1); /* (n, nb) */
+    if (!tmp) return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory", t->file, t->name);
+    if (t->type == LP_Q8)
+        memcpy(tmp, src, (size_t)(n * nb) * sizeof *tmp);
+    else
+        for (int64_t r = 0; r < n; r++) lp_q8p_unpack_row(t->data, cols, r0 + r, tmp + r * nb);
+    lp_pack_q8(NULL, tmp, n, cols, dst, m->load_threads);
+    free(tmp);
+    return LOUPE_OK;
+}
+
+/* An int8 tensor as LP_Q8P: zero-copy if already packed and aligned, else
+ * packed (or copied) into an owned buffer. */
+static loupe_status lp_bind_q8(loupe_model *m, const lp_tensor_info *t, int rows, int cols,
+                               lp_mat *out) {
+    size_t bytes = lp_q8p_bytes(rows, cols);
+    out->type = LP_Q8P;
+    if (t->type == LP_Q8P && (uintptr_t)t->data % LP_ALIGN == 0) {
+        out->data = t->data; /* zero-copy: points into the mapping */
+        return LOUPE_OK;
+    }
+    void *p = lp_model_alloc(m, bytes);
+    if (!p) return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory", t->file, t->name);
+    if (t->type == LP_Q8P) memcpy(p, t->data, bytes);
+    else LP_TRY(lp_pack_rows(m, t, 0, rows, cols, p));
+    lp_tensor_set_release(&m->ts, t->data, t->nbytes); /* one copy resident */
+    out->data = p;
+    return LOUPE_OK;
+}
+
+/* Shape and int8 checks shared by lp_bind_mat and lp_bind_mat_parts. */
+static loupe_status lp_check_mat(const loupe_model *m, const lp_tensor_info *t, int rows,
+                                 int cols, int transpose) {
     int64_t want[2] = {transpose ? cols : rows, transpose ? rows : cols};
     if (t->n_dims != 2 || t->shape[0] != want[0] || t->shape[1] != want[1])
         return lp_shape_error(m, t, 2, want);
+    if (t->type != LP_Q8 && t->type != LP_Q8P) return LOUPE_OK;
+    if (cols % LP_QK8)
+        return lp_fail(LOUPE_ERR_SHAPE, "%s: %s: Q8_0 needs rows of a multiple of %d, got %d",
+                       t->file, t->name, LP_QK8, cols);
+    if (transpose)
+        return lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: %s: a Q8_0 tensor cannot be transposed",
+                       t->file, t->name);
+    uint64_t want_bytes = t->type == LP_Q8P ? lp_q8p_bytes(rows, cols)
+                                            : lp_dtype_bytes(LP_Q8, (uint64_t)rows * cols);
+    if (t->nbytes != want_bytes)
+        return lp_fail(LOUPE_ERR_SHAPE, "%s: %s: %llu bytes, a %s %d x %d matrix takes %llu",
+                       t->file, t->name, (unsigned long long)t->nbytes,
+                       t->type == LP_Q8P ? "packed int8" : "Q8_0", rows, cols,
+                       (unsigned long long)want_bytes);
+    return LOUPE_OK;
+}
+
+/* Records an int8 matrix as Q8_0 (the numbers; the packing is an in-memory
+ * detail) with its in-memory bytes. */
+static loupe_status lp_add_mat_tensor(loupe_model *m, const lp_tensor_info *t, lp_dtype type,
+                                      uint64_t bytes) {
+    return lp_model_add_tensor(m, t->name, type == LP_Q8P ? LP_Q8 : type, t->n_dims, t->shape,
+                               bytes);
+}
+
+loupe_status lp_bind_mat(loupe_model *m, const lp_tensor_info *t, int rows, int cols,
+                         int transpose, lp_mat *out) {
+    LP_TRY(lp_check_mat(m, t, rows, cols, transpose));
     out->rows = rows;
     out->cols = cols;
     lp_dtype type = t->type;
     int aligned = (uintptr_t)t->data % lp_type_align(type) == 0;
-    if (type == LP_Q8) {
-        if (cols % LP_QK8)
-            return lp_fail(LOUPE_ERR_SHAPE, "%s: %s: Q8_0 needs rows of a multiple of %d, got %d",
-                           t->file, t->name, LP_QK8, cols);
-        if (transpose)
-            return lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: %s: a Q8_0 tensor cannot be transposed",
-                           t->file, t->name);
-    }
-    if (!transpose && aligned && type != LP_BF16) {
+    if (type == LP_Q8 || type == LP_Q8P) {
+        LP_TRY(lp_bind_q8(m, t, rows, cols, out));
+    } else if (!transpose && aligned && type != LP_BF16) {
         out->type = type;
         out->data = t->data; /* zero-copy: points into the mapping */
-    } else if (type == LP_Q8) {
-        void *p = lp_model_alloc(m, t->nbytes);
-        if (!p) return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory", t->file, t->name);
-        memcpy(p, t->data, t->nbytes);
-        out->type = LP_Q8;
-        out->data = p;
     } else {
         out->type = type == LP_F16 ? LP_F16 : LP_F32;
         out->data = lp_convert(m, t, t->shape[0], t->shape[1], transpose, out->type);
@@ -199,8 +331,37 @@ loupe_status lp_bind_mat(loupe_model *m, const lp_tensor_info *t, int rows, int 
             return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory converting %d x %d", t->file,
                            t->name, rows, cols);
     }
-    uint64_t bytes = lp_dtype_bytes(out->type, (uint64_t)rows * (uint64_t)cols);
-    return lp_model_add_tensor(m, t->name, out->type, t->n_dims, t->shape, bytes);
+    uint64_t bytes = out->type == LP_Q8P ? lp_q8p_bytes(rows, cols)
+                                         : lp_dtype_bytes(out->type, (uint64_t)rows * cols);
+    return lp_add_mat_tensor(m, t, out->type, bytes);
+}
+
+loupe_status lp_bind_mat_parts(loupe_model *m, const lp_tensor_info *t, int n_parts,
+                               const int *rows, int cols, int transpose, lp_mat *out) {
+    int total = 0, aligned = 1;
+    for (int i = 0; i < n_parts; i++) {
+        aligned &= total % LP_Q8P_ROWS == 0;
+        total += rows[i];
+    }
+    if ((t->type != LP_Q8 && t->type != LP_Q8P) || aligned) {
+        lp_mat whole;
+        LP_TRY(lp_bind_mat(m, t, total, cols, transpose, &whole));
+        for (int i = 0, r0 = 0; i < n_parts; r0 += rows[i++]) out[i] = lp_mat_rows(&whole, r0, rows[i]);
+        return LOUPE_OK;
+    }
+    /* int8 split inside a group of 16 rows: each part gets its own groups */
+    LP_TRY(lp_check_mat(m, t, total, cols, transpose));
+    uint64_t bytes = 0;
+    for (int i = 0, r0 = 0; i < n_parts; r0 += rows[i++]) {
+        size_t nb = lp_q8p_bytes(rows[i], cols);
+        void *p = lp_model_alloc(m, nb);
+        if (!p) return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory", t->file, t->name);
+        LP_TRY(lp_pack_rows(m, t, r0, rows[i], cols, p));
+        out[i] = (lp_mat){LP_Q8P, rows[i], cols, p};
+        bytes += nb;
+    }
+    lp_tensor_set_release(&m->ts, t->data, t->nbytes);
+    return lp_add_mat_tensor(m, t, LP_Q8P, bytes);
 }
 
 loupe_status lp_bind_vec(loupe_model *m, const lp_tensor_info *t, int64_t n,
@@ -220,6 +381,10 @@ loupe_status lp_bind_vec(loupe_model *m, const lp_tensor_info *t, int64_t n,
                 float d = lp_f16_to_f32(blk.d);
                 for (int j = 0; j < LP_QK8; j++) dst[b * LP_QK8 + j] = d * blk.qs[j];
             }
+        } else if (t->type == LP_Q8P) { /* packed (rows, cols): row by row */
+            int64_t cols = t->shape[t->n_dims - 1];
+            for (int64_t r = 0; r < n / cols; r++)
+                lp_q8p_dequant_row(t->data, cols, r, dst + r * cols);
         } else {
             lp_to_f32(t->data, t->type, dst, (size_t)n);
         }
@@ -377,6 +542,124 @@ static loupe_status lp_sniff(const char *path, const char **kind) {
     return LOUPE_OK;
 }
 
+/* Every matrix weight, for the pass below: (2 + 7 * n_layers) pointers. */
+static int lp_all_mats(loupe_model *m, lp_mat **out) {
+    int n = 0;
+    out[n++] = &m->w.tok_embd;
+    out[n++] = &m->w.lm_head;
+    for (int l = 0; m->w.layers && l < m->hp.n_layers; l++) {
+        lp_layer *L = &m->w.layers[l];
+        lp_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) out[n++] = mats[i];
+    }
+    return n;
+}
+
+/* One int8 matrix a loader bound directly (Q8_0 rows, or packed but not
+ * 64-byte aligned) as an aligned LP_Q8P copy. */
+static loupe_status lp_pack_mat(loupe_model *m, lp_mat *w) {
+    lp_tensor_info t;
+    memset(&t, 0, sizeof t);
+    t.name = (char *)"matrix";
+    t.file = m->path;
+    t.type = w->type;
+    t.data = w->data;
+    t.nbytes = w->type == LP_Q8P ? lp_q8p_bytes(w->rows, w->cols)
+                                 : lp_dtype_bytes(LP_Q8, (uint64_t)w->rows * w->cols);
+    return lp_bind_q8(m, &t, w->rows, w->cols, w);
+}
+
+static int lp_in_mappings(const loupe_model *m, const void *p) {
+    for (int i = 0; i < m->ts.n_maps; i++) {
+        const lp_mapping *map = &m->ts.maps[i];
+        if (map->data && (const uint8_t *)p >= map->data && (const uint8_t *)p < map->data + map->size)
+            return 1;
+    }
+    return 0;
+}
+
+#define LP_FOLIO_MAX ((uintptr_t)2 << 20) /* largest page-cache folio mapped at once */
+
+/* An f32 vector of n elements that points into a mapping, as an owned
+ * copy; the pages the copy mapped (a whole folio) are given back at once. */
+static loupe_status lp_own_vec(loupe_model *m, const float **v, size_t n) {
+    if (!*v || !lp_in_mappings(m, *v)) return LOUPE_OK;
+    float *p = lp_model_alloc(m, n * sizeof *p); /* (n) */
+    if (!p) return lp_fail(LOUPE_ERR_NOMEM, "out of memory");
+    memcpy(p, *v, n * sizeof *p);
+    for (int i = 0; i < m->ts.n_maps; i++) {
+        const lp_mapping *map = &m->ts.maps[i];
+        uintptr_t lo = (uintptr_t)*v & ~(LP_FOLIO_MAX - 1);
+        uintptr_t hi = ((uintptr_t)(*v + n) + LP_FOLIO_MAX - 1) & ~(LP_FOLIO_MAX - 1);
+        uintptr_t a = (uintptr_t)map->data, b = a + map->size;
+        if ((uintptr_t)*v < a || (uintptr_t)*v >= b) continue;
+        lo = lo < a ? a : lo;
+        hi = hi > b ? b : hi;
+        lp_tensor_set_release(&m->ts, (const void *)lo, hi - lo);
+    }
+    *v = p;
+    return LOUPE_OK;
+}
+
+/* Once int8 weights were packed out of a file, the file pages are given
+ * back. The kernel maps a file's page cache in large folios (up to 2 MB),
+ * so reading a small vector in place would map packed-away neighbours
+ * again: the vectors (a few hundred kB) get copies, then every page of the
+ * mappings is released; anything still read in place faults back in. */
+static loupe_status lp_release_mappings(loupe_model *m) {
+    const lp_hparams *hp = &m->hp;
+    const size_t C = (size_t)hp->dim, F = (size_t)hp->ffn_dim;
+    const size_t Q = (size_t)hp->n_heads * hp->head_dim, KV = (size_t)hp->n_kv_heads * hp->head_dim;
+    for (int l = 0; m->w.layers && l < hp->n_layers; l++) {
+        lp_layer *L = &m->w.layers[l];
+        LP_TRY(lp_own_vec(m, &L->attn_norm_w, C));
+        LP_TRY(lp_own_vec(m, &L->attn_norm_b, C));
+        LP_TRY(lp_own_vec(m, &L->bq, Q));
+        LP_TRY(lp_own_vec(m, &L->bk, KV));
+        LP_TRY(lp_own_vec(m, &L->bv, KV));
+        LP_TRY(lp_own_vec(m, &L->bo, C));
+        LP_TRY(lp_own_vec(m, &L->ffn_norm_w, C));
+        LP_TRY(lp_own_vec(m, &L->ffn_norm_b, C));
+        LP_TRY(lp_own_vec(m, &L->b_up, F));
+        LP_TRY(lp_own_vec(m, &L->b_down, C));
+    }
+    LP_TRY(lp_own_vec(m, &m->w.out_norm_w, C));
+    LP_TRY(lp_own_vec(m, &m->w.out_norm_b, C));
+    LP_TRY(lp_own_vec(m, &m->w.pos_embd, (size_t)hp->n_ctx * C));
+    for (int i = 0; i < m->ts.n_maps; i++)
+        lp_tensor_set_release(&m->ts, m->ts.maps[i].data, m->ts.maps[i].size);
+    return LOUPE_OK;
+}
+
+/* After a loader: leaves every matrix F32, F16 or aligned LP_Q8P, the
+ * only types lp_matmul reads. Matrices sharing data (a tied head) still
+ * share it afterwards. */
+static loupe_status lp_finish_weights(loupe_model *m) {
+    int cap = 2 + 7 * (m->w.layers ? m->hp.n_layers : 0);
+    lp_mat **mats = malloc(sizeof *mats * (size_t)cap);
+    const void **orig = malloc(sizeof *orig * (size_t)cap);
+    loupe_status st = mats && orig ? LOUPE_OK : lp_fail(LOUPE_ERR_NOMEM, "out of memory");
+    int n = st == LOUPE_OK ? lp_all_mats(m, mats) : 0;
+    for (int i = 0; i < n && st == LOUPE_OK; i++) {
+        lp_mat *w = mats[i];
+        orig[i] = w->data;
+        int misaligned = w->type == LP_Q8P && (uintptr_t)w->data % LP_ALIGN;
+        if (!w->data || (w->type != LP_Q8 && !misaligned)) continue;
+        int j = 0;
+        while (j < i && !(orig[j] == w->data && mats[j]->rows == w->rows)) j++;
+        if (j < i) *w = *mats[j]; /* already packed: shared */
+        else st = lp_pack_mat(m, w);
+    }
+    /* int8 packed at load (so its file pages were released) */
+    int packed = 0;
+    for (int i = 0; i < n && st == LOUPE_OK; i++)
+        packed |= mats[i]->type == LP_Q8P && !lp_in_mappings(m, mats[i]->data);
+    free(mats);
+    free((void *)orig);
+    if (st == LOUPE_OK && packed && m->ts.n_maps) st = lp_release_mappings(m);
+    return st;
+}
+
 static loupe_status lp_open(loupe_model *m, const char *path) {
     struct stat st;
     if (stat(path, &st) != 0)
@@ -388,6 +671,7 @@ static loupe_status lp_open(loupe_model *m, const char *path) {
     if (strcmp(kind, "hf") == 0) LP_TRY(lp_load_hf_dir(m, path));
     else if (strcmp(kind, "gguf") == 0) LP_TRY(lp_load_gguf(m, path));
     else LP_TRY(lp_load_loupe(m, path));
+    LP_TRY(lp_finish_weights(m));
     if (m->tok && lp_tok_n_vocab(m->tok) > m->hp.n_vocab)
         return lp_fail(LOUPE_ERR_SHAPE,
                        "%s: the tokenizer has %d tokens but the model's embedding only %d rows",
@@ -397,13 +681,13 @@ static loupe_status lp_open(loupe_model *m, const char *path) {
 
 loupe_status loupe_model_open(const char *path, const loupe_model_params *params,
                               loupe_model **out) {
-    (void)params; /* load-time conversion is single-threaded */
     if (!out) return lp_fail(LOUPE_ERR_ARG, "loupe_model_open: NULL out");
     *out = NULL;
     if (!path || !*path) return lp_fail(LOUPE_ERR_ARG, "loupe_model_open: empty path");
     loupe_model *m = calloc(1, sizeof *m);
     if (!m) return lp_fail(LOUPE_ERR_NOMEM, "out of memory");
     m->path = strdup(path);
+    m->load_threads = params && params->n_threads > 0 ? params->n_threads : lp_ncpu();
     loupe_status st = m->path ? lp_open(m, path) : lp_fail(LOUPE_ERR_NOMEM, "out of memory");
     if (st != LOUPE_OK) {
         loupe_model_close(m);

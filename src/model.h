@@ -53,10 +53,11 @@ typedef struct {
     int bos_id, eos_id;
 } lp_hparams;
 
-/* A matrix weight in the form the kernels consume: (rows, cols) row-major,
- * rows = output features. Q8 rows are cols/32 blocks. */
+/* A matrix weight in the form the kernels consume: (rows, cols), rows =
+ * output features. F32/F16 are row-major; int8 is always LP_Q8P (groups of
+ * 16 rows, quant/blocks.h), 64-byte aligned, lp_q8p_bytes(rows, cols). */
 typedef struct {
-    lp_dtype type;  /* LP_F32, LP_F16 or LP_Q8 */
+    lp_dtype type;  /* LP_F32, LP_F16 or LP_Q8P */
     int rows, cols;
     const void *data;
 } lp_mat;
@@ -105,6 +106,7 @@ struct loupe_model {
     lp_tensor_set ts;            /* mappings the weights point into */
     void **owned;                /* buffers converted at load */
     int n_owned, cap_owned;
+    int load_threads;            /* threads packing int8 weights at load */
     lp_tensor_entry *tensors;    /* every weight, for reports */
     int n_tensors;
     uint64_t weight_bytes;
@@ -125,10 +127,18 @@ loupe_status lp_load_loupe(loupe_model *m, const char *path);
 
 /* Binds one matrix weight from a tensor: checks the shape is (rows, cols)
  * (or (cols, rows) when transpose: GPT-2 Conv1D) and converts to a kernel
- * type (BF16 -> F32; F32/F16/Q8 kept, copied only if misaligned or
- * transposed). name is used in messages. */
+ * type (BF16 -> F32; F32/F16 kept, copied only if misaligned or
+ * transposed). int8 becomes LP_Q8P: Q8_0 rows are packed into a buffer the
+ * model owns and their file pages released; an LP_Q8P tensor is used in
+ * place when 64-byte aligned. A Q8 tensor cannot be transposed. */
 loupe_status lp_bind_mat(loupe_model *m, const lp_tensor_info *t, int rows,
                          int cols, int transpose, lp_mat *out);
+/* Binds a fused matrix of sum(rows[0..n_parts)) rows (fused QKV) as n_parts
+ * matrices of rows[i] consecutive rows each. They share one buffer when
+ * they can (float, or int8 split at multiples of 16 rows); otherwise each
+ * int8 part is packed on its own. Recorded once, under t's name. */
+loupe_status lp_bind_mat_parts(loupe_model *m, const lp_tensor_info *t, int n_parts,
+                               const int *rows, int cols, int transpose, lp_mat *out);
 /* Binds a 1-D (or 2-D, n = product) vector weight as f32 of n elements. */
 loupe_status lp_bind_vec(loupe_model *m, const lp_tensor_info *t, int64_t n,
                          const float **out);
@@ -145,7 +155,9 @@ loupe_status lp_model_add_tensor(loupe_model *m, const char *name, lp_dtype type
  * [c, d]") unless t has exactly the n_dims dimensions want. */
 loupe_status lp_check_shape(const loupe_model *m, const lp_tensor_info *t, int n_dims,
                             const int64_t *want);
-/* Rows [r0, r0 + n) of w as a matrix sharing w's data (fused QKV split). */
+/* Rows [r0, r0 + n) of w as a matrix sharing w's data (fused QKV split).
+ * An LP_Q8P matrix splits only at a group boundary (r0 % LP_Q8P_ROWS == 0);
+ * otherwise the result has data == NULL (lp_bind_mat_parts avoids that). */
 lp_mat lp_mat_rows(const lp_mat *w, int r0, int n);
 /* Reads dir/config.json (and dir/generation_config.json if present) into
  * hp without touching weights, then checks it as lp_hparams_validate does

@@ -57,11 +57,13 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->hb = lp_calloc_floats(T * hp->ffn_dim);
     s->hb2 = lp_calloc_floats(T * hp->ffn_dim);
     s->proj = lp_calloc_floats(T * hp->dim);
-    s->xq = calloc(T * (wide / LP_QK8 + 1), sizeof(lp_block_q8));
+    s->xq = calloc(T * wide, sizeof(int8_t));
+    s->xq_d = lp_calloc_floats(T * (wide / LP_QK8 + 1));
+    s->xq_corr = calloc(T * (wide / LP_QK8 + 1), sizeof(int32_t));
     s->attn_scratch = lp_calloc_floats((size_t)lp_pool_size(s->pool) * n_ctx);
     s->logits = lp_calloc_floats((size_t)hp->n_vocab);
     if (!s->pool || !s->k_cache || !s->v_cache || !s->kbuf || !s->vbuf || !s->history || !s->x || !s->xn ||
-        !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !s->xq ||
+        !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !s->xq || !s->xq_d || !s->xq_corr ||
         !s->attn_scratch || !s->logits) {
         loupe_session_free(s);
         return lp_fail(LOUPE_ERR_NOMEM,
@@ -88,6 +90,8 @@ void loupe_session_free(loupe_session *s) {
     free(s->hb2);
     free(s->proj);
     free(s->xq);
+    free(s->xq_d);
+    free(s->xq_corr);
     free(s->attn_scratch);
     free(s->logits);
     free(s->hooks);

@@ -36,7 +36,11 @@ struct loupe_session {
     float *hb;      /* (T, ffn_dim) */
     float *hb2;     /* (T, ffn_dim) */
     float *proj;    /* (T, dim) */
-    lp_block_q8 *xq;/* (T, max(dim,ffn)/32) quantized activations */
+    /* a matmul's input rows quantized for LP_Q8P weights (lp_q8_act);
+     * n = n_in of that matmul <= max(dim, ffn_dim, n_heads*head_dim) */
+    int8_t *xq;      /* (T, n) */
+    float *xq_d;     /* (T, n/32) */
+    int32_t *xq_corr;/* (T, n/32) */
     float *attn_scratch; /* (n_threads, n_ctx) */
     float *logits;  /* (n_vocab) last position */
     /* hooks */

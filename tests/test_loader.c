@@ -17,6 +17,17 @@
  *    a message naming the problem.
  *  Tensor-set basics: dtype sizes, mappings, a 1000-tensor name index,
  *    GGUF metadata arrays, zero-copy vs converted weights.
+ *  int8 in memory (LP_Q8P, groups of 16 rows, read here from the layout
+ *    blocks.h documents): Q8_0 blocks land unchanged at their place, padding
+ *    rows are zero, fused matrices split inside a group are packed apart,
+ *    misaligned / wrong-sized / transposed sources are copied or refused,
+ *    and the file pages of packed tensors leave the process's resident set.
+ *  int8 logits: GGUF Q8_0 models (stories260K quantized by numpy; random
+ *    models from tests/ref/q8_models.py with 517 output rows, k/v of 8 rows,
+ *    a fused q|k|v split inside a group, a tied int8 head) against the
+ *    float64 numpy int8 forward pass (tests/ref/q8_forward.py), and against
+ *    loupe on the same weights dequantized to F32 within the int8 effect
+ *    that reference measures (q8_forward.py --exact).
  */
 #include <dirent.h>
 #include <math.h>
@@ -62,16 +73,47 @@ static loupe_model *open_ok(const char *path) {
 
 /* ------------------------------------------------------------ accessors */
 
+/* Element (r, c) of a packed int8 matrix of cols columns, read straight
+ * from the layout quant/blocks.h documents: group r / 16 holds nb = cols/32
+ * blocks of 16 fp16 scales d[b][i], then qs[b][j][i][k] = q + 128 for
+ * element 32b + 4j + k of row i. Scale and q come back apart. */
+static void q8p_elem(const void *packed, int cols, int r, int c, uint16_t *d, int *q) {
+    const int nb = cols / 32, b = c / 32, i = r % 16, e = c % 32;
+    const uint8_t *grp = (const uint8_t *)packed + (size_t)(r / 16) * nb * 16 * 34;
+    memcpy(d, grp + (size_t)b * 32 + 2 * i, 2);
+    *q = (int)grp[(size_t)nb * 32 + (size_t)b * 512 + (size_t)((e / 4) * 16 + i) * 4 + e % 4] - 128;
+}
+
+static float q8p_at(const void *packed, int cols, int r, int c) {
+    uint16_t d;
+    int q;
+    q8p_elem(packed, cols, r, c, &d, &q);
+    return lp_f16_to_f32(d) * (float)q;
+}
+
+/* Rows [0, rows) of a packed matrix hold the Q8_0 blocks src (rows, cols/32)
+ * bit for bit, and the padding rows up to the group's end are all zero. */
+static void expect_packed(const void *packed, const lp_block_q8 *src, int rows, int cols) {
+    const int nb = cols / 32;
+    for (int r = 0; r < (rows + 15) / 16 * 16; r++)
+        for (int c = 0; c < cols; c++) {
+            uint16_t d;
+            int q;
+            q8p_elem(packed, cols, r, c, &d, &q);
+            const lp_block_q8 *b = r < rows ? &src[(size_t)r * nb + c / 32] : NULL;
+            if (d != (b ? b->d : 0) || q != (b ? b->qs[c % 32] : 0))
+                fail_msg("packed (%d, %d): d %04x q %d, want d %04x q %d", r, c, d, q,
+                         b ? b->d : 0, b ? b->qs[c % 32] : 0);
+        }
+}
+
 static float mat_at(const lp_mat *w, int r, int c) {
     assert_true(r >= 0 && r < w->rows && c >= 0 && c < w->cols);
     size_t i = (size_t)r * w->cols + c;
     switch (w->type) {
     case LP_F32: return ((const float *)w->data)[i];
     case LP_F16: return lp_f16_to_f32(((const uint16_t *)w->data)[i]);
-    case LP_Q8: {
-        const lp_block_q8 *b = (const lp_block_q8 *)w->data + (size_t)r * (w->cols / 32) + c / 32;
-        return lp_f16_to_f32(b->d) * b->qs[c % 32];
-    }
+    case LP_Q8P: return q8p_at(w->data, w->cols, r, c);
     default: fail_msg("matrix of type %d", w->type);
     }
     return 0;
@@ -364,9 +406,21 @@ static void test_storage(void **state) {
     loupe_model_close(m);
 
     m = open_ok(gen_path("gguf/llama-q8.gguf"));
-    assert_int_equal(m->w.layers[0].wq.type, LP_Q8);
-    assert_true(in_mappings(m, m->w.layers[0].wq.data));
+    /* int8 is packed at load into the model's own aligned buffers */
+    assert_int_equal(m->w.layers[0].wq.type, LP_Q8P);
+    assert_int_equal(m->w.tok_embd.type, LP_Q8P);
+    assert_false(in_mappings(m, m->w.layers[0].wq.data));
+    assert_int_equal((uintptr_t)m->w.layers[0].wq.data % 64, 0);
     assert_string_equal(m->source_kind, "gguf");
+    /* reported as the Q8_0 it holds, at its packed size (32 rows: 2 groups) */
+    const lp_tensor_entry *e = NULL;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[i].name, "blk.0.attn_q.weight")) e = &m->tensors[i];
+    assert_non_null(e);
+    assert_int_equal(e->type, LP_Q8);
+    char desc[8192];
+    loupe_model_describe(m, desc, sizeof desc);
+    assert_non_null(strstr(desc, "blk.0.attn_q.weight                      Q8_0  [32, 32]"));
     loupe_model_close(m);
 
     m = open_ok(gen_path("gguf/gpt2-fused-f16.gguf"));
@@ -563,6 +617,9 @@ static void test_dtypes(void **state) {
     assert_string_equal(lp_dtype_name(LP_F16), "F16");
     assert_string_equal(lp_dtype_name(LP_BF16), "BF16");
     assert_string_equal(lp_dtype_name(LP_Q8), "Q8_0");
+    /* packed: 17 rows of 64 take 2 groups of 16 rows x 2 blocks x 34 bytes */
+    assert_int_equal(lp_q8p_bytes(17, 64), 2 * 16 * 2 * 34);
+    assert_int_equal(lp_q8p_bytes(16, 64), 16 * 2 * 34);
     assert_string_equal(lp_arch_name(LP_ARCH_GPT2), "gpt2");
     assert_string_equal(lp_arch_name(LP_ARCH_LLAMA), "llama");
 }
@@ -701,6 +758,414 @@ static void test_gguf_metadata(void **state) {
     lp_tensor_set_free(&ts);
 }
 
+/* ------------------------------------------------------------ int8 binding */
+
+/* An empty model to call the binders on directly (closed as usual). */
+static loupe_model *shell_model(void) {
+    loupe_model *m = calloc(1, sizeof *m);
+    assert_non_null(m);
+    m->load_threads = 2;
+    return m;
+}
+
+/* rows x cols/32 Q8_0 blocks of a fixed pseudo-random sequence. */
+static lp_block_q8 *random_q8(int rows, int cols, uint32_t seed) {
+    size_t n = (size_t)rows * (cols / 32);
+    lp_block_q8 *b = malloc(n * sizeof *b);
+    assert_non_null(b);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        b[i].d = lp_f32_to_f16(0.001f * (float)(1 + (seed >> 16) % 1000));
+        for (int j = 0; j < 32; j++) {
+            seed = seed * 1103515245u + 12345u;
+            b[i].qs[j] = (int8_t)((int)((seed >> 16) % 255) - 127);
+        }
+    }
+    return b;
+}
+
+static lp_tensor_info int8_info(const void *data, lp_dtype type, int64_t rows, int64_t cols,
+                                uint64_t nbytes) {
+    lp_tensor_info t;
+    memset(&t, 0, sizeof t);
+    t.name = (char *)"w";
+    t.file = "memory";
+    t.type = type;
+    t.n_dims = 2;
+    t.shape[0] = rows;
+    t.shape[1] = cols;
+    t.data = data;
+    t.nbytes = nbytes;
+    return t;
+}
+
+static lp_tensor_info q8_rows_info(const void *data, int rows, int cols) {
+    return int8_info(data, LP_Q8, rows, cols, (uint64_t)rows * (cols / 32) * sizeof(lp_block_q8));
+}
+
+/* Q8_0 rows, aligned or not, become packed copies; the heap source is left
+ * alone (page release only touches file mappings). */
+static void test_bind_q8_rows(void **state) {
+    (void)state;
+    const int R = 37, C = 96;
+    lp_block_q8 *src = random_q8(R, C, 1);
+    size_t bytes = (size_t)R * (C / 32) * sizeof *src;
+    void *copy = malloc(bytes);
+    memcpy(copy, src, bytes);
+    loupe_model *m = shell_model();
+    lp_mat w;
+    lp_tensor_info t = q8_rows_info(src, R, C);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_OK);
+    assert_int_equal(w.type, LP_Q8P);
+    assert_int_equal(w.rows, R);
+    assert_int_equal((uintptr_t)w.data % 64, 0);
+    expect_packed(w.data, src, R, C);
+    assert_memory_equal(src, copy, bytes);
+    assert_int_equal(m->n_tensors, 1);
+    assert_int_equal(m->tensors[0].type, LP_Q8);
+    assert_int_equal(m->weight_bytes, lp_q8p_bytes(R, C));
+    assert_int_equal(m->n_params, R * C);
+
+    /* at an odd address: through an aligned copy */
+    uint8_t *odd = malloc(bytes + 1);
+    memcpy(odd + 1, src, bytes);
+    t = q8_rows_info(odd + 1, R, C);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_OK);
+    expect_packed(w.data, src, R, C);
+
+    /* refused: transposed, rows not whole blocks */
+    t = q8_rows_info(src, C, R);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 1, &w), LOUPE_ERR_UNSUPPORTED);
+    assert_non_null(strstr(loupe_last_error(), "memory: w: a Q8_0 tensor cannot be transposed"));
+    t = q8_rows_info(src, 2 * R, 48);
+    assert_int_equal(lp_bind_mat(m, &t, 2 * R, 48, 0, &w), LOUPE_ERR_SHAPE);
+    assert_non_null(strstr(loupe_last_error(), "multiple of 32, got 48"));
+    loupe_model_close(m);
+    free(odd);
+    free(copy);
+    free(src);
+}
+
+/* A matrix large enough to be packed by two threads, same bytes. */
+static void test_bind_q8_threads(void **state) {
+    (void)state;
+    const int R = 4001, C = 1024; /* 4.4 MB of Q8_0 */
+    lp_block_q8 *src = random_q8(R, C, 2);
+    loupe_model *m = shell_model();
+    lp_mat w;
+    lp_tensor_info t = q8_rows_info(src, R, C);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_OK);
+    expect_packed(w.data, src, R, C);
+    loupe_model_close(m);
+    free(src);
+}
+
+/* Already packed sources: used in place when 64-byte aligned, copied when
+ * not, refused when the size is not the packed size. */
+static void test_bind_q8p(void **state) {
+    (void)state;
+    const int R = 37, C = 96;
+    lp_block_q8 *src = random_q8(R, C, 3);
+    loupe_model *m = shell_model();
+    lp_mat packed, w;
+    lp_tensor_info t = q8_rows_info(src, R, C);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &packed), LOUPE_OK);
+    size_t bytes = lp_q8p_bytes(R, C);
+    t = int8_info(packed.data, LP_Q8P, R, C, bytes);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_OK);
+    assert_int_equal(w.type, LP_Q8P);
+    assert_ptr_equal(w.data, packed.data); /* zero-copy */
+    assert_int_equal(m->tensors[1].type, LP_Q8);
+
+    uint8_t *buf = aligned_alloc(64, (bytes + 127) / 64 * 64);
+    memcpy(buf + 32, packed.data, bytes);
+    t = int8_info(buf + 32, LP_Q8P, R, C, bytes);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_OK);
+    assert_ptr_not_equal(w.data, buf + 32);
+    assert_int_equal((uintptr_t)w.data % 64, 0);
+    expect_packed(w.data, src, R, C);
+
+    t = int8_info(packed.data, LP_Q8P, R, C, bytes - 34);
+    assert_int_equal(lp_bind_mat(m, &t, R, C, 0, &w), LOUPE_ERR_SHAPE);
+    assert_non_null(strstr(loupe_last_error(), "a packed int8 37 x 96 matrix takes"));
+    /* and a fused one split inside a group, which unpacks rows of it */
+    const int parts[2] = {20, 17};
+    lp_mat two[2];
+    assert_int_equal(lp_bind_mat_parts(m, &t, 2, parts, C, 0, two), LOUPE_ERR_SHAPE);
+    loupe_model_close(m);
+    free(buf);
+    free(src);
+}
+
+/* Fused matrices: split at multiples of 16 rows they share one packed
+ * buffer; split inside a group, every part is packed on its own, from Q8_0
+ * rows or from an already packed matrix. */
+static void test_bind_q8_parts(void **state) {
+    (void)state;
+    const int C = 64, nb = C / 32;
+    lp_block_q8 *src = random_q8(37, C, 4);
+    loupe_model *m = shell_model();
+    lp_mat part[3], whole;
+
+    const int even[3] = {16, 16, 5};
+    lp_tensor_info t = q8_rows_info(src, 37, C);
+    assert_int_equal(lp_bind_mat_parts(m, &t, 3, even, C, 0, part), LOUPE_OK);
+    size_t group = LP_Q8P_GROUP_BYTES(C);
+    assert_ptr_equal(part[1].data, (const uint8_t *)part[0].data + group);
+    assert_ptr_equal(part[2].data, (const uint8_t *)part[0].data + 2 * group);
+    for (int i = 0, r0 = 0; i < 3; r0 += even[i++]) {
+        assert_int_equal(part[i].rows, even[i]);
+        expect_packed(part[i].data, src + r0 * nb, even[i], C);
+    }
+    assert_int_equal(m->n_tensors, 1);
+
+    const int odd[3] = {21, 8, 8};
+    assert_int_equal(lp_bind_mat_parts(m, &t, 3, odd, C, 0, part), LOUPE_OK);
+    for (int i = 0, r0 = 0; i < 3; r0 += odd[i++]) {
+        assert_int_equal(part[i].type, LP_Q8P);
+        assert_int_equal(part[i].rows, odd[i]);
+        assert_int_equal((uintptr_t)part[i].data % 64, 0);
+        expect_packed(part[i].data, src + r0 * nb, odd[i], C);
+    }
+    assert_int_equal(m->n_tensors, 2);
+    assert_int_equal(m->weight_bytes - lp_q8p_bytes(37, C),
+                     lp_q8p_bytes(21, C) + 2 * lp_q8p_bytes(8, C));
+
+    /* the same from a packed source; and lp_mat_rows will not split it there */
+    assert_int_equal(lp_bind_mat(m, &t, 37, C, 0, &whole), LOUPE_OK);
+    lp_tensor_info tp = int8_info(whole.data, LP_Q8P, 37, C, lp_q8p_bytes(37, C));
+    assert_int_equal(lp_bind_mat_parts(m, &tp, 3, odd, C, 0, part), LOUPE_OK);
+    for (int i = 0, r0 = 0; i < 3; r0 += odd[i++]) expect_packed(part[i].data, src + r0 * nb, odd[i], C);
+    assert_null(lp_mat_rows(&whole, 21, 8).data);
+    assert_ptr_equal(lp_mat_rows(&whole, 32, 5).data, (const uint8_t *)whole.data + 2 * group);
+
+    /* the whole tensor must have the rows the parts add up to */
+    const int bad[3] = {21, 8, 9};
+    assert_int_equal(lp_bind_mat_parts(m, &t, 3, bad, C, 0, part), LOUPE_ERR_SHAPE);
+    loupe_model_close(m);
+    free(src);
+}
+
+/* ------------------------------------------------------------ int8 models */
+
+static char q8_dir[4096]; /* tests/ref/q8_models.py output + stories Q8_0 */
+
+static const char *q8_path(const char *name) {
+    static char buf[4][4096];
+    static int next;
+    char *b = buf[next++ % 4];
+    int n = snprintf(b, sizeof buf[0], "%s/%s", q8_dir, name);
+    assert_true(n > 0 && n < (int)sizeof buf[0]);
+    return b;
+}
+
+static void make_q8_models(void) {
+    if (q8_dir[0]) return;
+    snprintf(q8_dir, sizeof q8_dir, "%s", gen_path("q8"));
+    const char *py = tu_python(), *np = tu_src("tests/ref/gguf_np.py");
+    assert_int_equal(tu_system("LOUPE_SHARED='%s' '%s' '%s' '%s'", tu_shared(""), py,
+                               tu_src("tests/ref/q8_models.py"), q8_dir), 0);
+    assert_int_equal(tu_system("'%s' '%s' q8 '%s' '%s'", py, np,
+                               tu_shared("models/stories260K/stories260K.gguf"),
+                               q8_path("stories.gguf")), 0);
+    assert_int_equal(tu_system("'%s' '%s' deq '%s' '%s'", py, np, q8_path("stories.gguf"),
+                               q8_path("stories-deq.gguf")), 0);
+}
+
+/* Resident kB of the mapping of this process that holds addr (smaps). */
+static long mapping_rss_kb(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int inside = 0;
+    long rss = -1;
+    while (rss < 0 && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char perm;
+        if (sscanf(line, "%lx-%lx %c", &lo, &hi, &perm) == 3) /* a mapping's header */
+            inside = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+        else if (inside)
+            sscanf(line, "Rss: %ld kB", &rss);
+    }
+    fclose(f);
+    return rss;
+}
+
+/* After packing, the Q8_0 bytes in the file mapping are no longer resident
+ * (one copy of the weights, not two): the mapping keeps at most the rest
+ * of the file, plus 256 kB for pages the kernel maps around a read. */
+static void test_q8_pages_released(void **state) {
+    (void)state;
+    make_q8_models();
+    loupe_model *m = open_ok(q8_path("wide.gguf"));
+    const lp_mapping *map = &m->ts.maps[0];
+    long rss = mapping_rss_kb(map->data);
+    if (rss < 0) {
+        loupe_model_close(m);
+        skip();
+    }
+    uint64_t q8 = 0;
+    for (int i = 0; i < m->ts.n; i++)
+        if (m->ts.t[i].type == LP_Q8) q8 += m->ts.t[i].nbytes;
+    assert_true(q8 > 9u << 20);
+    uint64_t bound = map->size - q8 + (256u << 10);
+    print_message("wide.gguf: %zu bytes mapped, %llu of them Q8_0; resident %ld kB (bound %llu kB)\n",
+                  map->size, (unsigned long long)q8, rss, (unsigned long long)(bound / 1024));
+    assert_true((uint64_t)rss * 1024 <= bound);
+    assert_int_equal(m->w.tok_embd.type, LP_Q8P);
+    loupe_model_close(m);
+}
+
+#define Q8_N_TOK 20
+
+/* (Q8_N_TOK, V) logits of the model at path: one batched evaluation, or
+ * the tokens one at a time (decode). */
+static float *logits_of(const char *path, const int32_t *ids, int *n_vocab, int one_at_a_time) {
+    loupe_model *m = open_ok(path);
+    loupe_session *s = NULL;
+    loupe_session_params sp = {.n_ctx = 64, .n_threads = 2};
+    assert_int_equal(loupe_session_new(m, &sp, &s), LOUPE_OK);
+    *n_vocab = m->hp.n_vocab;
+    float *lg = malloc(sizeof(float) * Q8_N_TOK * *n_vocab);
+    assert_non_null(lg);
+    if (one_at_a_time)
+        for (int i = 0; i < Q8_N_TOK; i++)
+            assert_int_equal(loupe_eval(s, ids + i, 1, lg + (size_t)i * *n_vocab, 0), LOUPE_OK);
+    else
+        assert_int_equal(loupe_eval(s, ids, Q8_N_TOK, lg, 1), LOUPE_OK);
+    loupe_session_free(s);
+    loupe_model_close(m);
+    return lg;
+}
+
+/* q8_forward.py's (Q8_N_TOK, n_vocab) logits for deq (an F32 GGUF), with
+ * its flags; ties (optional) gets the per-position distance of the
+ * activations to a rounding tie. */
+static float *reference_of(const char *deq, const char *idlist, const char *flags, size_t n,
+                           float **ties) {
+    char out[4200], tie_path[4200]; /* q8_path's ring may hold deq */
+    snprintf(out, sizeof out, "%s/ref.f32", q8_dir);
+    snprintf(tie_path, sizeof tie_path, "%s/ties.f32", q8_dir);
+    assert_int_equal(tu_system("'%s' '%s' '%s' '%s' %s %s --ties='%s'", tu_python(),
+                               tu_src("tests/ref/q8_forward.py"), deq, out, idlist, flags,
+                               tie_path), 0);
+    size_t len = 0;
+    float *ref = (float *)tu_read_file(out, &len);
+    assert_non_null(ref);
+    assert_int_equal(len, n * sizeof(float));
+    if (ties) {
+        *ties = (float *)tu_read_file(tie_path, &len);
+        assert_non_null(*ties);
+        assert_int_equal(len, Q8_N_TOK * sizeof(float));
+    }
+    return ref;
+}
+
+static double rms_diff(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return sqrt(s / (double)n);
+}
+
+/* A tie closer than this (in steps of the activation's quantizer) may round
+ * either way between two correct f32 engines; flips seen here sat at 4e-6
+ * and none below 1e-4 would need a relative error of 1e-6 in activations. */
+#define Q8_TIE_MARGIN 1e-4
+
+/* One GGUF Q8_0 model against q8_forward.py on the same weights in F32:
+ *  - exact (1e-4 of the logit scale), evaluated as one batch and token by
+ *    token, at every position before the first
+ *    near-tie (a rounding flip there moves all later positions through
+ *    attention by a quantization step: legitimately, and not by a bound
+ *    worth asserting), and at least 3 such positions;
+ *  - over all positions, loupe int8 minus loupe F32 has the RMS of the
+ *    reference's int8 minus exact (the same rounding noise; a flip changes
+ *    one rounding of thousands), within 20%. */
+static void check_q8_model(const char *q8, const char *deq, const char *flags) {
+    int32_t ids[Q8_N_TOK];
+    char idlist[256] = "";
+    for (int i = 0; i < Q8_N_TOK; i++) {
+        ids[i] = i ? (i * 37 + 11) % 512 : 1;
+        snprintf(idlist + strlen(idlist), sizeof idlist - strlen(idlist), "%s%d", i ? "," : "", ids[i]);
+    }
+    int V, V2;
+    float *got = logits_of(q8, ids, &V, 0), *got_f32 = logits_of(deq, ids, &V2, 0);
+    float *dec = logits_of(q8, ids, &V2, 1);
+    assert_int_equal(V, V2);
+    size_t n = (size_t)Q8_N_TOK * V;
+    char exact_flags[64];
+    snprintf(exact_flags, sizeof exact_flags, "%s --exact", flags);
+    float *ties = NULL;
+    float *ref = reference_of(deq, idlist, flags, n, &ties);
+    float *ref_exact = reference_of(deq, idlist, exact_flags, n, NULL);
+    double scale = 1, d_clean = 0;
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs((double)ref[i]));
+    int clean = 0;
+    while (clean < Q8_N_TOK && ties[clean] >= Q8_TIE_MARGIN) clean++;
+    for (size_t i = 0; i < (size_t)clean * V; i++)
+        d_clean = fmax(d_clean, fmax(fabs((double)got[i] - ref[i]), fabs((double)dec[i] - ref[i])));
+    double rms = rms_diff(got, got_f32, n), rms_ref = rms_diff(ref, ref_exact, n);
+    print_message("%s: %d positions before a near-tie: int8 (batch, decode) vs int8 reference "
+                  "%.3g (scale %.3g); "
+                  "int8 - F32 RMS %.4g, reference %.4g\n", strrchr(q8, '/') + 1, clean, d_clean,
+                  scale, rms, rms_ref);
+    assert_true(clean >= 3);
+    assert_true(d_clean <= 1e-4 * scale);
+    assert_true(rms_ref > 1e-4 * scale); /* activations really are quantized */
+    assert_true(rms >= 0.8 * rms_ref && rms <= 1.2 * rms_ref);
+    free(got);
+    free(got_f32);
+    free(dec);
+    free(ref);
+    free(ref_exact);
+    free(ties);
+}
+
+static void test_q8_logits(void **state) {
+    (void)state;
+    make_q8_models();
+    /* real weights; ffn_gate / ffn_up have 172 rows (10 groups + 12) */
+    check_q8_model(q8_path("stories.gguf"), q8_path("stories-deq.gguf"), "");
+    /* 517 output rows, k / v of 8 rows, Q8_0 token embedding */
+    check_q8_model(q8_path("odd.gguf"), q8_path("odd-deq.gguf"), "");
+    /* the tied head is the Q8_0 embedding, through the int8 matmul */
+    check_q8_model(q8_path("odd-tied.gguf"), q8_path("odd-tied-deq.gguf"), "--int8-head");
+}
+
+/* q|k|v fused and split inside a group of 16 rows: the parts are packed
+ * apart, and the model computes exactly what the unfused file does. */
+static void test_q8_fused_split(void **state) {
+    (void)state;
+    make_q8_models();
+    loupe_model *m = open_ok(q8_path("odd-fused.gguf"));
+    const lp_layer *L = &m->w.layers[1];
+    assert_int_equal(L->wq.rows, 64);
+    assert_int_equal(L->wk.rows, 8);
+    assert_int_equal(L->wv.rows, 8);
+    assert_int_equal(L->wv.type, LP_Q8P);
+    /* wq's 4 groups are whole; k and v each got a group of their own */
+    assert_ptr_not_equal(L->wk.data, L->wv.data);
+    assert_int_equal((uintptr_t)L->wk.data % 64, 0);
+    assert_int_equal((uintptr_t)L->wv.data % 64, 0);
+    loupe_model *u = open_ok(q8_path("odd.gguf"));
+    const lp_layer *U = &u->w.layers[1];
+    for (int r = 0; r < 8; r++)
+        for (int c = 0; c < 64; c++) {
+            assert_true(mat_at(&L->wk, r, c) == mat_at(&U->wk, r, c));
+            assert_true(mat_at(&L->wv, r, c) == mat_at(&U->wv, r, c));
+        }
+    loupe_model_close(u);
+    loupe_model_close(m);
+    int32_t ids[Q8_N_TOK];
+    for (int i = 0; i < Q8_N_TOK; i++) ids[i] = (i * 53 + 7) % 517;
+    int V;
+    float *a = logits_of(q8_path("odd-fused.gguf"), ids, &V, 0);
+    float *b = logits_of(q8_path("odd.gguf"), ids, &V, 0);
+    assert_memory_equal(a, b, sizeof(float) * Q8_N_TOK * V);
+    free(a);
+    free(b);
+}
+
 /* loupe_model_open argument handling. */
 static void test_open_args(void **state) {
     (void)state;
@@ -736,6 +1201,13 @@ int main(void) {
         cmocka_unit_test(test_real_configs),
         cmocka_unit_test(test_llama3_regimes),
         cmocka_unit_test(test_broken),
+        cmocka_unit_test(test_bind_q8_rows),
+        cmocka_unit_test(test_bind_q8_threads),
+        cmocka_unit_test(test_bind_q8p),
+        cmocka_unit_test(test_bind_q8_parts),
+        cmocka_unit_test(test_q8_pages_released),
+        cmocka_unit_test(test_q8_logits),
+        cmocka_unit_test(test_q8_fused_split),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

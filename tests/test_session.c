@@ -9,6 +9,9 @@
  *  - an fp16 KV cache stays within fp16 rounding of the f32 cache;
  *  - a read-only hook changes nothing; hooks see the documented shapes;
  *    attention rows are causal and sum to 1; a hook can abort (CANCELLED);
+ *  - the int8 path too (stories260K quantized to Q8_0 by tests/ref/gguf_np.py,
+ *    packed at load): 1, 2 and 3 threads give bit-identical logits (its
+ *    decoding is checked against a reference in test_loader.c);
  *  - resid_post of the last layer through loupe_unembed gives the logits;
  *  - a prompt longer than the context and bad token ids are clear errors.
  */
@@ -76,6 +79,29 @@ static void test_threads_bit_identical(void **state) {
     assert_memory_equal(one, two, sizeof(float) * N_TOK * info.n_vocab);
     free(one);
     free(two);
+}
+
+/* The int8 model: matmuls split over threads in whole groups of 16 rows. */
+static void test_int8_threads_bit_identical(void **state) {
+    (void)state;
+    const char *q8 = tu_tmp("session-stories-q8_0.gguf");
+    assert_int_equal(tu_system("'%s' '%s' q8 '%s' '%s'", tu_python(), tu_src("tests/ref/gguf_np.py"),
+                               tu_shared("models/stories260K/stories260K.gguf"), q8), 0);
+    loupe_model *f32 = model;
+    float *ref = batch_logits(1, 0);
+    assert_int_equal(loupe_model_open(q8, NULL, &model), LOUPE_OK);
+    float *one = batch_logits(1, 0), *two = batch_logits(2, 0), *three = batch_logits(3, 0);
+    size_t n = (size_t)N_TOK * info.n_vocab;
+    assert_memory_equal(one, two, sizeof(float) * n);
+    assert_memory_equal(one, three, sizeof(float) * n);
+    double d = max_abs_diff(one, ref, n);
+    assert_true(d > 0 && d < 1.0); /* int8 indeed, and close to f32 */
+    loupe_model_close(model);
+    model = f32;
+    free(ref);
+    free(one);
+    free(two);
+    free(three);
 }
 
 static void test_incremental_matches_batch(void **state) {
@@ -313,6 +339,7 @@ static void test_hook_names(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_bit_identical),
+        cmocka_unit_test(test_int8_threads_bit_identical),
         cmocka_unit_test(test_incremental_matches_batch),
         cmocka_unit_test(test_kv_f16_close),
         cmocka_unit_test(test_reset_reuses_cache),

@@ -207,13 +207,15 @@ static loupe_status lp_gl_qkv(const lp_gl_ctx *c, int l, lp_layer *L) {
     const lp_hparams *hp = &c->m->hp;
     int C = hp->dim, Q = hp->n_heads * hp->head_dim, KV = hp->n_kv_heads * hp->head_dim;
     int opt = !hp->qkv_bias && hp->arch != LP_ARCH_GPT2;
-    if (lp_gl_get(c, "blk.%d.attn_qkv.weight", l)) {
-        lp_mat qkv;
+    const lp_tensor_info *fused = lp_gl_get(c, "blk.%d.attn_qkv.weight", l);
+    if (fused) {
+        lp_mat qkv[3];
         const float *b;
-        LP_TRY(lp_gl_mat(c, "blk.%d.attn_qkv.weight", l, Q + 2 * KV, C, &qkv));
-        L->wq = lp_mat_rows(&qkv, 0, Q);
-        L->wk = lp_mat_rows(&qkv, Q, KV);
-        L->wv = lp_mat_rows(&qkv, Q + KV, KV);
+        const int rows[3] = {Q, KV, KV};
+        LP_TRY(lp_bind_mat_parts(c->m, fused, 3, rows, C, 0, qkv));
+        L->wq = qkv[0];
+        L->wk = qkv[1];
+        L->wv = qkv[2];
         LP_TRY(lp_gl_vec(c, "blk.%d.attn_qkv.bias", l, Q + 2 * KV, opt, &b));
         if (b) {
             L->bq = b;

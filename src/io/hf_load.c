@@ -429,14 +429,17 @@ static loupe_status lp_hf_head(lp_hf_ctx *c) {
 
 static loupe_status lp_hf_gpt2_layer(lp_hf_ctx *c, int l, lp_layer *L) {
     int C = c->m->hp.dim, F = c->m->hp.ffn_dim;
-    lp_mat qkv;
+    lp_mat qkv[3];
+    const int rows[3] = {C, C, C};
     const float *b;
     LP_TRY(lp_hf_vec(c, "h.%d.ln_1.weight", l, C, &L->attn_norm_w));
     LP_TRY(lp_hf_vec(c, "h.%d.ln_1.bias", l, C, &L->attn_norm_b));
-    LP_TRY(lp_hf_mat(c, "h.%d.attn.c_attn.weight", l, 3 * C, C, 1, &qkv));
-    L->wq = lp_mat_rows(&qkv, 0, C);
-    L->wk = lp_mat_rows(&qkv, C, C);
-    L->wv = lp_mat_rows(&qkv, 2 * C, C);
+    const lp_tensor_info *fused = lp_hf_get(c, "h.%d.attn.c_attn.weight", l);
+    if (!fused) return lp_hf_missing(c, "h.%d.attn.c_attn.weight", l);
+    LP_TRY(lp_bind_mat_parts(c->m, fused, 3, rows, C, 1, qkv)); /* Conv1D: (in, out) */
+    L->wq = qkv[0];
+    L->wk = qkv[1];
+    L->wv = qkv[2];
     LP_TRY(lp_hf_vec(c, "h.%d.attn.c_attn.bias", l, 3 * C, &b));
     L->bq = b;
     L->bk = b + C;

@@ -90,6 +90,11 @@ lp_tensor_info *lp_tensor_set_add(lp_tensor_set *ts, const char *name, size_t le
 void lp_tensor_set_truncate(lp_tensor_set *ts, int n, int n_maps, int n_meta);
 /* Rebuilds the name index; LOUPE_ERR_FORMAT if a name occurs twice. */
 loupe_status lp_tensor_set_index(lp_tensor_set *ts);
+/* Gives back the resident pages of [p, p + n) if that range lies in one of
+   ts's mappings (a tensor copied at load is not read from the file again):
+   only whole pages inside the range, so neighbours stay resident; reading
+   them again faults them back in from the file. No-op elsewhere. */
+void lp_tensor_set_release(const lp_tensor_set *ts, const void *p, uint64_t n);
 
 /* Readers. path: a file. Append to ts (so shards accumulate). */
 loupe_status lp_read_safetensors(const char *path, lp_tensor_set *ts);

@@ -4,6 +4,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../error.h"
 #include "tensors.h"
@@ -158,4 +160,21 @@ const lp_meta *lp_meta_find(const lp_tensor_set *ts, const char *key) {
     for (int i = 0; i < ts->n_meta; i++)
         if (strcmp(ts->meta[i].key, key) == 0) return &ts->meta[i];
     return NULL;
+}
+
+/* ------------------------------------------------------------ residency */
+
+void lp_tensor_set_release(const lp_tensor_set *ts, const void *p, uint64_t n) {
+    if (!ts || !p || n == 0) return;
+    const uint8_t *lo = p, *hi = lo + n;
+    for (int i = 0; i < ts->n_maps; i++) {
+        const lp_mapping *m = &ts->maps[i];
+        if (!m->data || lo < m->data || hi > m->data + m->size) continue;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a = ((uintptr_t)lo + page - 1) / page * page; /* first whole page */
+        uintptr_t b = (uintptr_t)hi / page * page;              /* end of the last */
+        /* read-only private file pages: dropping them loses nothing */
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+        return;
+    }
 }

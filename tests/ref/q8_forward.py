@@ -5,15 +5,25 @@ model as an int8 .loupe file computes it, for loupe's quantization tests.
 Weights: every 2-D matmul weight whose rows are whole blocks of 32 is Q8_0
 quantized (gguf_np.quantize_q8_0) and used dequantized, d_w * q_w; the rest
 (token embedding, norms, matrices with n_in % 32 != 0) stays f32 — quantize's
-default int8 policy. Activations entering an int8 matmul are Q8_0 quantized
-per block of 32 as well (the int8 kernels' design), so
-    y[r] = sum_b (sum_j qx[b,j] * qw[r,b,j]) * f16(dx[b]) * f16(dw[r,b]).
+default int8 policy. Activations entering an int8 matmul are quantized per
+block of 32 as well (the int8 kernels' design: q = round(x / dx) as Q8_0, but
+the scale dx = max|x| / 127 kept in f32, not rounded to fp16), so
+    y[r] = sum_b (sum_j qx[b,j] * qw[r,b,j]) * f32(dx[b]) * f16(dw[r,b]).
 Llama semantics from the GGUF conventions: RMSNorm, RoPE on interleaved
 pairs (2i, 2i+1) with theta^(-2i/head_dim), causal grouped-query attention,
 SwiGLU MLP, separate or tied output head.
 
-Usage: q8_forward.py MODEL.gguf OUT.f32 ID,ID,...
+Usage: q8_forward.py MODEL.gguf OUT.f32 ID,ID,... [--int8-head] [--exact]
     writes (T, n_vocab) float32 little-endian logits
+    --int8-head  a tied head is int8 too (a GGUF Q8_0 token embedding)
+    --exact      no quantization at all: every matmul in float64 on the
+                 file's weights (the int8 path's f32 counterpart)
+    --ties=FILE  also writes (T) float32: for each position, how close any
+                 activation it quantized came to a rounding tie, min over
+                 blocks and layers of |x / dx - round-down - 1/2|. An engine
+                 computing in f32 may round those within its own error the
+                 other way (one q step apart), so exact agreement is only
+                 expected where this distance is not tiny.
 """
 import os
 import sys
@@ -34,9 +44,22 @@ def q8_blocks(x):
     return q, d
 
 
+def q8_act(x):
+    """Activations (rows, cols) -> (q (rows, cols), f32 d (rows, cols/32)):
+    the same q as Q8_0, the scale max|x| / 127 computed in f32 and kept."""
+    q, _ = q8_blocks(x)
+    rows, cols = x.shape
+    amax = np.abs(x.astype(np.float32)).reshape(rows, cols // 32, 32).max(-1)
+    return q, (amax / np.float32(127)).astype(np.float32).astype(np.float64)
+
+
+EXACT = False  # --exact: no quantization
+TIES = []      # per Linear call: (T) distance of its activations to a tie
+
+
 class Linear:
     def __init__(self, w, int8=True):  # w: (n_out, n_in) float32
-        self.q8 = int8 and w.shape[1] % 32 == 0
+        self.q8 = int8 and not EXACT and w.shape[1] % 32 == 0
         if self.q8:
             self.q, self.d = q8_blocks(w)
         else:
@@ -45,9 +68,13 @@ class Linear:
     def __call__(self, x):  # x: (T, n_in)
         if not self.q8:
             return x @ self.w.T
-        qx, dx = q8_blocks(x)
+        qx, dx = q8_act(x)
         T, n = x.shape
         nb = n // 32
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.abs(x.astype(np.float32).astype(np.float64).reshape(T, nb, 32) / dx[:, :, None])
+        tie = np.abs(y - np.floor(y) - 0.5)
+        TIES.append(np.where(np.isfinite(tie), tie, 0.5).reshape(T, n).min(-1))
         # per-block integer dots: (T, out, nb)
         dots = np.einsum("tbj,rbj->trb", qx.reshape(T, nb, 32), self.q.reshape(-1, nb, 32))
         return (dots * dx[:, None, :] * self.d[None, :, :]).sum(-1)
@@ -69,7 +96,7 @@ def rope(x, pos, theta):  # x: (T, heads, hd), interleaved pairs
     return out
 
 
-def forward(path, ids):
+def forward(path, ids, int8_head=False):
     _, kv, tensors, _ = gguf_np.read_gguf(path)
     meta = {k: v for k, _, v in kv}
     W = {}
@@ -109,12 +136,19 @@ def forward(path, ids):
     x = rms_norm(x, W["output_norm"], eps)
     if "output" in W:
         return Linear(W["output"])(x)
-    return Linear(W["token_embd"], int8=False)(x)  # tied: the f32 embedding
+    return Linear(W["token_embd"], int8=int8_head)(x)  # tied: the embedding
 
 
 def main():
-    ids = [int(t) for t in sys.argv[3].split(",")]
-    forward(sys.argv[1], ids).astype("<f4").tofile(sys.argv[2])
+    global EXACT
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    EXACT = "--exact" in sys.argv
+    ids = [int(t) for t in args[2].split(",")]
+    forward(args[0], ids, "--int8-head" in sys.argv).astype("<f4").tofile(args[1])
+    for a in sys.argv:
+        if a.startswith("--ties="):
+            ties = np.minimum.reduce(TIES) if TIES else np.full(len(ids), 0.5)
+            ties.astype("<f4").tofile(a[len("--ties="):])
 
 
 if __name__ == "__main__":
