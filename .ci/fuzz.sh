@@ -36,6 +36,10 @@ for src in llama-q8:int8 llama-q8:f16 gpt2-f32:f32; do
     --type "${src##*:}" --threads 1 --force >/dev/null 2>&1 ||
     { echo "quantize $src failed"; exit 1; }
 done
+# and an int8 file in the 1.0 format (row-major blocks, packed at load)
+$B/quantize "$seeds/fuzz_gguf/llama-q8.gguf" "$seeds/fuzz_loupe/llama-q8-int8-v1.0.loupe" \
+  --type int8 --format 1.0 --threads 1 --force >/dev/null 2>&1 ||
+  { echo "quantize --format 1.0 failed"; exit 1; }
 
 pass=0 fail=0
 for t in fuzz_gguf fuzz_safetensors fuzz_loupe; do # model seeds must load fully

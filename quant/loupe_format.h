@@ -22,7 +22,7 @@
 #define LOUPE_FILE_MAGIC "LOUPE\r\n\x1a"
 #define LOUPE_MAGIC_LEN 8
 #define LOUPE_FORMAT_MAJOR 1
-#define LOUPE_FORMAT_MINOR 0
+#define LOUPE_FORMAT_MINOR 1 /* 1.1: int8 matrices packed (layout 1) */
 #define LOUPE_ENDIAN_MARK 0x01020304u /* reads back as this on a LE host */
 #define LOUPE_HEADER_SIZE 128
 #define LOUPE_DIR_ENTRY_SIZE 128
@@ -33,9 +33,12 @@
 
 /* Tensor element types in the file (same numbers as lp_dtype). */
 enum { LOUPE_T_F32 = 0, LOUPE_T_F16 = 1, LOUPE_T_Q8 = 3 };
-/* Tensor layouts: 0 = row-major rows of elements / int8 blocks. Later
- * versions may add interleaved (SIMD-repacked) layouts. */
-enum { LOUPE_LAYOUT_ROWS = 0 };
+/* Tensor layouts (directory entry field). 0: row-major rows of elements or
+ * of int8 blocks. 1 (format 1.1): a 2-D int8 matrix packed for the matmul
+ * kernels, the bytes of lp_q8p_pack (quant/blocks.h), padding rows included;
+ * readers hand it on as LP_Q8P. A reader refuses layouts it does not know,
+ * which is why a new layout needs only a minor version. */
+enum { LOUPE_LAYOUT_ROWS = 0, LOUPE_LAYOUT_Q8P = 1 };
 
 /* ------------------------------------------------------------ checksums */
 
@@ -59,16 +62,26 @@ loupe_status lp_sha256_file(const char *path, char hex[65]);
 /* ------------------------------------------------------------ converters */
 
 /* GGUF Q8_0: per block of 32, d = max|x| / 127, q = roundf(x * (1/d)),
- * d stored as fp16 (the f32 d is used for q, as ggml does). n % 32 == 0. */
-void lp_quantize_q8(const float *x, lp_block_q8 *y, int64_t n);
+ * d stored as fp16 (the f32 d is used for q, as ggml does). n % 32 == 0.
+ * Returns how many x were NaN or infinite (stored as 0, left out of d). */
+int lp_quantize_q8(const float *x, lp_block_q8 *y, int64_t n);
 void lp_dequantize_q8(const lp_block_q8 *x, float *y, int64_t n);
 
 /* Converts rows [r0, r1) of a (rows, cols) matrix from src type st to dst
- * type dt (F32, F16, BF16 source; F32, F16, Q8 destination; Q8 -> Q8 copies
- * the blocks bit for bit). Returns 0, or -1 if the pair is not supported
- * or cols is not a multiple of 32 where Q8 is involved. */
+ * type dt (F32, F16, BF16, Q8 or Q8P source, Q8P being a whole packed
+ * matrix; F32, F16, Q8 destination, row-major; Q8 -> Q8 and Q8P -> Q8 move
+ * the blocks bit for bit). Returns 0; -1 if the pair is not supported or
+ * cols is not a multiple of 32 where int8 is involved; -2 out of memory;
+ * -3 if a NaN or infinite value was quantized to int8 (all rows written). */
 int lp_convert_rows(lp_dtype st, const void *src, lp_dtype dt, void *dst,
                     int64_t cols, int64_t r0, int64_t r1);
+/* Writes groups [g0, g1) of 16 rows of the packed int8 matrix dst
+ * (lp_q8p_bytes(rows, cols) bytes) from a (rows, cols) source of type st
+ * (F32, F16, BF16 quantized as lp_quantize_q8; Q8 and Q8P only move bytes).
+ * Returns 0, -1 (unsupported type, cols % 32), -2 (out of memory) or -3
+ * (a NaN or infinite value). */
+int lp_convert_groups_q8p(lp_dtype st, const void *src, void *dst, int64_t rows,
+                          int64_t cols, int64_t g0, int64_t g1);
 
 /* ------------------------------------------------------------ weight slots */
 
@@ -149,7 +162,7 @@ typedef struct {
 
 typedef struct {
     char name[LOUPE_NAME_MAX];
-    lp_dtype type;
+    lp_dtype type;              /* LP_Q8P for an int8 tensor in layout 1 */
     uint32_t layout;
     int n_dims;
     int64_t shape[LP_MAX_DIMS]; /* outermost first */
@@ -201,6 +214,8 @@ typedef struct {
     int force;                  /* overwrite an existing dst */
     const lp_keep_rule *keep;   /* (n_keep) first match wins */
     int n_keep;
+    int format_1_0;             /* write format 1.0: int8 matrices row-major
+                                   (layout 0), for loupe 1.0 readers */
     void (*progress)(void *user, const lp_quant_progress *p);
     void *user;
 } lp_quant_opts;

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,7 +200,8 @@ void lp_meta_arr_i32(lp_meta_buf *b, const char *key, const int *v, int n) {
 
 /* ------------------------------------------------------------ plan */
 
-/* One tensor to write: its source, target type and place in the file. */
+/* One tensor to write: its source, target type and place in the file.
+ * dst_type LP_Q8P is int8 (type 3) in layout 1. */
 typedef struct {
     const lp_weight_slot *slot;
     lp_dtype src_type, dst_type;
@@ -212,7 +214,8 @@ typedef struct {
 
 /* Type policy: vectors stay f32; embeddings f32 (f16 for --type f16);
  * matmul weights the chosen type; --keep rules override matrices; int8
- * needs cols % 32 == 0. */
+ * needs cols % 32 == 0 and is packed for the kernels (LP_Q8P, layout 1)
+ * unless format 1.0 is asked for. */
 static lp_dtype choose_type(const lp_weight_slot *s, const lp_mat *src,
                             const lp_quant_opts *o, lp_quant_report *rep) {
     if (s->kind == LP_SLOT_VEC) {
@@ -235,7 +238,13 @@ static lp_dtype choose_type(const lp_weight_slot *s, const lp_mat *src,
                  t == LP_F16 ? "n_in not a multiple of 32, kept f16"
                              : "n_in not a multiple of 32, kept f32");
     }
-    return t;
+    return t == LP_Q8 && !o->format_1_0 ? LP_Q8P : t;
+}
+
+/* Bytes of a (rows, cols) matrix of type t; packed int8 with its padding. */
+static uint64_t mat_bytes(lp_dtype t, int64_t rows, int64_t cols) {
+    if (t == LP_Q8P) return lp_q8p_bytes(rows, cols);
+    return lp_dtype_bytes(t, (uint64_t)rows * (uint64_t)cols);
 }
 
 static loupe_status build_plan(const loupe_model *m, lp_weights *w,
@@ -284,8 +293,8 @@ static loupe_status build_plan(const loupe_model *m, lp_weights *w,
             it->shape[0] = s->rows;
             it->shape[1] = s->cols;
         }
-        it->size = lp_dtype_bytes(it->dst_type, (uint64_t)(it->rows * it->cols));
-        rep->src_bytes += lp_dtype_bytes(it->src_type, (uint64_t)(it->rows * it->cols));
+        it->size = mat_bytes(it->dst_type, it->rows, it->cols);
+        rep->src_bytes += mat_bytes(it->src_type, it->rows, it->cols);
         n++;
     }
     *slots_out = slots;
@@ -435,21 +444,25 @@ static loupe_status build_meta(const loupe_model *m, const lp_quant_opts *o,
 
 /* ------------------------------------------------------------ conversion */
 
+/* A conversion split into tasks of whole units: rows, or groups of 16
+ * rows for a packed int8 destination. */
 typedef struct {
     const lp_plan_item *it;
     void *dst;
-    int64_t rows_per_task;
-    int failed;
+    int64_t n_units, units_per_task;
+    _Atomic int failed; /* a nonzero return of a task (-1, -2 or -3) */
 } lp_conv_job;
 
 static void conv_task(void *ctx, int i, int thread) {
     (void)thread;
     lp_conv_job *j = ctx;
-    int64_t r0 = (int64_t)i * j->rows_per_task;
-    int64_t r1 = r0 + j->rows_per_task < j->it->rows ? r0 + j->rows_per_task : j->it->rows;
-    if (lp_convert_rows(j->it->src_type, j->it->src, j->it->dst_type, j->dst, j->it->cols,
-                        r0, r1))
-        j->failed = 1;
+    const lp_plan_item *it = j->it;
+    int64_t u0 = (int64_t)i * j->units_per_task;
+    int64_t u1 = u0 + j->units_per_task < j->n_units ? u0 + j->units_per_task : j->n_units;
+    int rc = it->dst_type == LP_Q8P
+                 ? lp_convert_groups_q8p(it->src_type, it->src, j->dst, it->rows, it->cols, u0, u1)
+                 : lp_convert_rows(it->src_type, it->src, it->dst_type, j->dst, it->cols, u0, u1);
+    if (rc) atomic_store(&j->failed, rc); /* any of them: the tensor fails */
 }
 
 static loupe_status pwrite_all(int fd, const void *buf, uint64_t n, uint64_t off,
@@ -479,12 +492,19 @@ static loupe_status write_tensor(int fd, const char *path, lp_plan_item *it, lp_
     if (!dst) return lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory (%llu bytes)", path,
                              it->slot->name, (unsigned long long)it->size);
     int n_tasks = lp_pool_size(pool) * 4;
-    lp_conv_job job = {it, dst, (it->rows + n_tasks - 1) / n_tasks, 0};
-    if (job.rows_per_task < 1) job.rows_per_task = 1;
-    n_tasks = (int)((it->rows + job.rows_per_task - 1) / job.rows_per_task);
+    lp_conv_job job = {it, dst, it->dst_type == LP_Q8P ? LP_Q8P_GROUPS(it->rows) : it->rows, 0, 0};
+    job.units_per_task = (job.n_units + n_tasks - 1) / n_tasks;
+    if (job.units_per_task < 1) job.units_per_task = 1;
+    n_tasks = (int)((job.n_units + job.units_per_task - 1) / job.units_per_task);
     lp_pool_run(pool, n_tasks, conv_task, &job);
     loupe_status rc = LOUPE_OK;
-    if (job.failed)
+    int failed = atomic_load(&job.failed);
+    if (failed == -2)
+        rc = lp_fail(LOUPE_ERR_NOMEM, "%s: %s: out of memory converting", path, it->slot->name);
+    else if (failed == -3)
+        rc = lp_fail(LOUPE_ERR_FORMAT, "%s: %s: the source holds NaN or infinite weights, "
+                     "which int8 cannot store", path, it->slot->name);
+    else if (failed)
         rc = lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: %s: cannot convert %s to %s", path,
                      it->slot->name, lp_quant_type_name(it->src_type),
                      lp_quant_type_name(it->dst_type));
@@ -505,8 +525,9 @@ static void put_le(uint8_t *p, uint64_t v, int n) {
 static void dir_entry(uint8_t *e, const lp_plan_item *it) {
     memset(e, 0, LOUPE_DIR_ENTRY_SIZE);
     memcpy(e, it->slot->name, strlen(it->slot->name));
-    put_le(e + 48, (uint32_t)it->dst_type, 4);
-    put_le(e + 52, LOUPE_LAYOUT_ROWS, 4);
+    int packed = it->dst_type == LP_Q8P;
+    put_le(e + 48, packed ? LOUPE_T_Q8 : (uint32_t)it->dst_type, 4);
+    put_le(e + 52, packed ? LOUPE_LAYOUT_Q8P : LOUPE_LAYOUT_ROWS, 4);
     put_le(e + 56, (uint32_t)it->n_dims, 4);
     for (int d = 0; d < it->n_dims; d++) put_le(e + 64 + 8 * d, (uint64_t)it->shape[d], 8);
     put_le(e + 96, it->offset, 8);
@@ -543,11 +564,11 @@ static lp_layout plan_layout(lp_plan_item *items, int n, uint64_t meta_size) {
 }
 
 static void make_header(uint8_t h[LOUPE_HEADER_SIZE], const lp_layout *L, int n,
-                        const uint8_t *meta, const uint8_t *dir) {
+                        const uint8_t *meta, const uint8_t *dir, int minor) {
     memset(h, 0, LOUPE_HEADER_SIZE);
     memcpy(h, LOUPE_FILE_MAGIC, LOUPE_MAGIC_LEN);
     put_le(h + 8, LOUPE_FORMAT_MAJOR, 2);
-    put_le(h + 10, LOUPE_FORMAT_MINOR, 2);
+    put_le(h + 10, (uint64_t)minor, 2);
     uint32_t mark = LOUPE_ENDIAN_MARK; /* native order, as the tensor data */
     memcpy(h + 12, &mark, 4);
     put_le(h + 16, L->file_size, 8);
@@ -609,7 +630,7 @@ static loupe_status write_fd(const loupe_model *m, int fd, const char *path,
                      (unsigned long long)L.file_size, strerror(errno));
     if (rc == LOUPE_OK) rc = write_tensors(fd, path, items, n, dir, L.tensor_bytes, o);
     if (rc == LOUPE_OK) {
-        make_header(h, &L, n, meta.p, dir);
+        make_header(h, &L, n, meta.p, dir, o->format_1_0 ? 0 : LOUPE_FORMAT_MINOR);
         rc = pwrite_all(fd, meta.p, L.meta_size, L.meta_off, path);
     }
     if (rc == LOUPE_OK) rc = pwrite_all(fd, dir, L.dir_size, L.dir_off, path);

@@ -12,9 +12,16 @@
  *    (tests/ref/q8_forward.py, activations quantized like the kernels)
  *    within 1e-4.
  *  int8 numerics: ties, zero blocks, and 20000 near-tie blocks against numpy.
- *  GGUF Q8_0 (written by gguf_np.py) -> .loupe int8: blocks bit-identical to
- *    the GGUF bytes, logits bit-identical to the GGUF model's, and close to
- *    those of the same model with the blocks dequantized to f32 by numpy.
+ *  int8 matrices are stored packed for the kernels (layout 1, LP_Q8P) and
+ *    used in place: every row unpacked equals the reference blocks, padding
+ *    rows are zero, the weight points into the file mapping.
+ *  GGUF Q8_0 (written by gguf_np.py) -> .loupe int8: every row of every
+ *    packed matrix bit-identical to the GGUF bytes, logits bit-identical to
+ *    the GGUF model's, and close to those of the same model with the blocks
+ *    dequantized to f32 by numpy.
+ *  Format 1.0 files (int8 row-major, layout 0) still load, packed at load,
+ *    and give the same logits as the layout-1 file; requantizing converts
+ *    between the layouts without changing a block.
  *  --keep rules and the n_in % 32 fallback.
  *  Corrupted files: each one is refused with its own clear message and
  *    status (run under ASan/UBSan too: never a crash).
@@ -57,8 +64,10 @@ static loupe_model *open_ok(const char *path) {
     return m;
 }
 
-static void quantize_ok(const char *src, const char *dst, lp_dtype type,
-                        const lp_keep_rule *keep, int n_keep, lp_quant_report *rep) {
+/* quantize src -> dst; format_1_0 writes int8 matrices row-major (layout 0) */
+static void quantize_as(const char *src, const char *dst, lp_dtype type,
+                        const lp_keep_rule *keep, int n_keep, int format_1_0,
+                        lp_quant_report *rep) {
     lp_quant_opts o;
     lp_quant_opts_default(&o);
     o.type = type;
@@ -66,8 +75,14 @@ static void quantize_ok(const char *src, const char *dst, lp_dtype type,
     o.n_threads = 2;
     o.keep = keep;
     o.n_keep = n_keep;
+    o.format_1_0 = format_1_0;
     loupe_status st = lp_quantize_file(src, dst, &o, rep);
     if (st != LOUPE_OK) fail_msg("quantize %s -> %s: %s", src, dst, loupe_last_error());
+}
+
+static void quantize_ok(const char *src, const char *dst, lp_dtype type,
+                        const lp_keep_rule *keep, int n_keep, lp_quant_report *rep) {
+    quantize_as(src, dst, type, keep, n_keep, 0, rep);
 }
 
 /* Logits (T, n_vocab) of tokens evaluated from position 0; caller frees. */
@@ -169,26 +184,86 @@ static const lp_weight_slot *find_slot(loupe_model *m, const char *name, lp_weig
     return NULL;
 }
 
-/* Compares a Q8 weight of m with the numpy blocks in dir/name.q8. */
+static int in_mappings(const loupe_model *m, const void *p) {
+    for (int i = 0; i < m->ts.n_maps; i++) {
+        const uint8_t *b = m->ts.maps[i].data;
+        if ((const uint8_t *)p >= b && (const uint8_t *)p < b + m->ts.maps[i].size) return 1;
+    }
+    return 0;
+}
+
+/* A packed int8 matrix holds, row by row, the Q8_0 blocks ref (rows,
+ * cols / 32) and zeros in its padding rows. */
+static void expect_packed_rows(const lp_mat *w, const void *ref, const char *what) {
+    if (w->type != LP_Q8P) fail_msg("%s is %s, expected packed int8", what, lp_dtype_name(w->type));
+    const size_t nb = (size_t)w->cols / 32;
+    lp_block_q8 *row = malloc(nb * sizeof *row), *zero = calloc(nb, sizeof *zero);
+    assert_non_null(row);
+    assert_non_null(zero);
+    for (int r = 0; r < LP_Q8P_GROUPS(w->rows) * LP_Q8P_ROWS; r++) {
+        lp_q8p_unpack_row(w->data, w->cols, r, row);
+        const void *want = r < w->rows ? (const void *)((const char *)ref + (size_t)r * nb * 34)
+                                    : (const void *)zero;
+        if (memcmp(row, want, nb * 34) != 0)
+            fail_msg("%s: %s row %d differs from the reference blocks", what,
+                     r < w->rows ? "" : "padding", r);
+    }
+    free(row);
+    free(zero);
+}
+
+/* Compares an int8 weight of m with the numpy blocks in dir/name.q8. */
 static void expect_q8_equals_file(loupe_model *m, const char *dir, const char *name) {
     static lp_weight_slot slots[512];
     const lp_weight_slot *s = find_slot(m, name, slots, 512);
     assert_non_null(s);
     assert_non_null(s->mat);
-    if (s->mat->type != LP_Q8) fail_msg("%s is %s, expected int8", name, lp_dtype_name(s->mat->type));
     char path[512];
     snprintf(path, sizeof path, "%s/%s.q8", dir, name);
     size_t len = 0;
     char *ref = tu_read_file(path, &len);
     assert_non_null(ref);
-    size_t want = (size_t)s->mat->rows * (size_t)s->mat->cols / 32 * 34;
-    assert_int_equal(len, want);
-    if (memcmp(ref, s->mat->data, len) != 0) {
-        size_t i = 0;
-        while (((const char *)s->mat->data)[i] == ref[i]) i++;
-        fail_msg("%s: int8 blocks differ from numpy's at byte %zu (block %zu)", name, i, i / 34);
-    }
+    assert_int_equal(len, (size_t)s->mat->rows * (size_t)s->mat->cols / 32 * 34);
+    expect_packed_rows(s->mat, ref, name);
+    if (!in_mappings(m, s->mat->data)) fail_msg("%s: packed int8 was copied at load", name);
     free(ref);
+}
+
+/* ------------------------------------------------------------ file bytes */
+
+static uint64_t rd64(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static uint32_t rd32(const char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static void wr64(char *p, uint64_t v) { memcpy(p, &v, 8); }
+static void wr32(char *p, uint32_t v) { memcpy(p, &v, 4); }
+
+static int n_entries(const char *f) { return (int)rd32(f + 72); }
+static const char *entry_at(const char *f, int i) { return f + rd64(f + 40) + (size_t)i * 128; }
+
+/* The directory entry of tensor name in the file bytes f. */
+static const char *entry_named(const char *f, const char *name) {
+    for (int i = 0; i < n_entries(f); i++)
+        if (!strcmp(entry_at(f, i), name)) return entry_at(f, i);
+    fail_msg("tensor %s not in the directory", name);
+    return NULL;
+}
+
+/* Same names, types, layouts, shapes, sizes and data checksums, entry by
+ * entry (offsets move with the provenance metadata). */
+static void expect_same_tensors(const char *fa, const char *fb) {
+    assert_int_equal(n_entries(fa), n_entries(fb));
+    for (int i = 0; i < n_entries(fa); i++) {
+        const char *ea = entry_at(fa, i), *eb = entry_at(fb, i);
+        assert_memory_equal(ea, eb, 96);
+        assert_memory_equal(ea + 104, eb + 104, 16);
+    }
 }
 
 static int type_in_file(loupe_model *m, const char *name) {
@@ -275,6 +350,24 @@ static void test_q8_blocks(void **state) {
     assert_int_equal(b[0].qs[3], 1);
     assert_int_equal(b[0].qs[4], -1);
     assert_int_equal(b[0].qs[5], 127);
+
+    /* NaN and infinities are counted, stored as 0 and left out of the
+     * scale; a block so small that 1/d overflows stays defined (UBSan) */
+    for (int i = 0; i < 32; i++) x[i] = 0.5f * (float)(i - 16);   /* amax 8 */
+    for (int i = 32; i < 64; i++) x[i] = 1e-40f * (float)(i - 40); /* subnormal */
+    x[3] = NAN;
+    x[7] = INFINITY;
+    x[9] = -INFINITY;
+    assert_int_equal(lp_quantize_q8(x, b, 64), 3);
+    assert_int_equal(b[0].d, lp_f32_to_f16(8.0f / 127.0f));
+    assert_int_equal(b[0].qs[0], -127);
+    assert_int_equal(b[0].qs[3], 0);
+    assert_int_equal(b[0].qs[7], 0);
+    assert_int_equal(b[0].qs[9], 0);
+    assert_int_equal(b[0].qs[31], 119); /* 7.5 * 127 / 8 = 119.06 */
+    assert_int_equal(b[1].d, 0);        /* the fp16 scale underflows: all zero */
+    assert_int_equal(b[1].qs[8], 0);    /* 0 * inf */
+    assert_int_equal(b[1].qs[31], 127);
 }
 
 /* 20000 random near-tie blocks against numpy's Q8_0 (gguf_np.py): catches
@@ -477,25 +570,36 @@ static void test_gguf_q8_bit_identical(void **state) {
     quantize_ok(q8, dst, LP_Q8, &keep, 1, NULL);
     loupe_model *mg = open_ok(q8), *ml = open_ok(dst);
 
-    /* every matrix the GGUF model holds as Q8 is the same bytes in .loupe */
+    /* every Q8_0 tensor of the GGUF file, unpacked row by row from the
+     * .loupe file's packed matrix, is the same bytes; the GGUF model packed
+     * at load holds the very bytes the .loupe file stores */
+    lp_tensor_set ts = {0};
+    assert_int_equal(lp_read_gguf(q8, &ts), LOUPE_OK);
     static lp_weight_slot sg[512], sl[512];
     int ng = lp_weight_slots(&mg->hp, &mg->w, sg, 512), nl = lp_weight_slots(&ml->hp, &ml->w, sl, 512);
     assert_int_equal(ng, nl);
     int n_q8 = 0;
     for (int i = 0; i < ng; i++) {
         if (sg[i].kind == LP_SLOT_VEC || !sg[i].mat->data) continue;
-        assert_int_equal(sg[i].mat->type, sl[i].mat->type);
-        size_t bytes = lp_dtype_bytes(sg[i].mat->type, (uint64_t)sg[i].rows * (uint64_t)sg[i].cols);
-        assert_memory_equal(sg[i].mat->data, sl[i].mat->data, bytes);
-        n_q8 += sg[i].mat->type == LP_Q8;
+        char gname[LOUPE_NAME_MAX + 8];
+        snprintf(gname, sizeof gname, "%.47s.weight", sl[i].name);
+        const lp_tensor_info *t = lp_tensor_find(&ts, gname);
+        assert_non_null(t);
+        if (t->type != LP_Q8) continue; /* ffn_down (n_in 172) is f32 in the GGUF */
+        expect_packed_rows(sl[i].mat, t->data, sl[i].name);
+        assert_true(in_mappings(ml, sl[i].mat->data)); /* zero copy */
+        assert_int_equal(sg[i].mat->type, LP_Q8P);
+        assert_memory_equal(sg[i].mat->data, sl[i].mat->data, lp_q8p_bytes(sl[i].rows, sl[i].cols));
+        n_q8++;
     }
     assert_int_equal(n_q8, 5 * 6 + 2); /* 6 per layer, token_embd, output */
-    /* ...and equal to the GGUF file's own bytes */
+    lp_tensor_set_free(&ts);
+    /* ...and equal to the bytes numpy reads from the GGUF file */
     size_t len = 0;
     char *raw = tu_read_file(rawp, &len);
     assert_non_null(raw);
     assert_int_equal(len, (size_t)ml->w.layers[2].w_up.rows * ml->w.layers[2].w_up.cols / 32 * 34);
-    assert_memory_equal(raw, ml->w.layers[2].w_up.data, len);
+    expect_packed_rows(&ml->w.layers[2].w_up, raw, "blk.2.ffn_up");
     free(raw);
 
     /* logits: bit-identical to the GGUF model; close to the dequantized one */
@@ -520,6 +624,117 @@ static void test_gguf_q8_bit_identical(void **state) {
     loupe_model_close(md);
     loupe_model_close(mg);
     loupe_model_close(ml);
+}
+
+/* ------------------------------------------------------------ layouts */
+
+/* The int8 tensors of a format 1.1 file fn (layout 1) and of a format 1.0
+ * file fo (layout 0) of the same model hold the same blocks; every other
+ * tensor is the same bytes. Returns the number of int8 tensors. */
+static int expect_same_blocks(const char *fn, const char *fo) {
+    assert_int_equal(rd32(fn + 8) >> 16, LOUPE_FORMAT_MINOR); /* header minor */
+    assert_int_equal(rd32(fo + 8) >> 16, 0);
+    assert_int_equal(n_entries(fn), n_entries(fo));
+    int n_int8 = 0;
+    for (int i = 0; i < n_entries(fn); i++) {
+        const char *en = entry_at(fn, i), *eo = entry_named(fo, en);
+        assert_memory_equal(en + 48, eo + 48, 4);       /* type */
+        assert_memory_equal(en + 56, eo + 56, 4 + 36);  /* n_dims, reserved, shape */
+        int64_t rows = (int64_t)rd64(en + 64), cols = (int64_t)rd64(en + 72);
+        const char *dn = fn + rd64(en + 96), *dat_o = fo + rd64(eo + 96);
+        if (rd32(en + 48) != LOUPE_T_Q8) {
+            assert_int_equal(rd32(en + 52), LOUPE_LAYOUT_ROWS);
+            assert_int_equal(rd32(eo + 52), LOUPE_LAYOUT_ROWS);
+            assert_int_equal(rd64(en + 104), rd64(eo + 104));
+            assert_memory_equal(dn, dat_o, rd64(en + 104));
+            continue;
+        }
+        assert_int_equal(rd32(en + 52), LOUPE_LAYOUT_Q8P);
+        assert_int_equal(rd32(eo + 52), LOUPE_LAYOUT_ROWS);
+        assert_int_equal(rd64(en + 104), lp_q8p_bytes(rows, cols));
+        assert_int_equal(rd64(eo + 104), (uint64_t)(rows * cols / 32 * 34));
+        lp_mat w = {LP_Q8P, (int)rows, (int)cols, dn};
+        expect_packed_rows(&w, dat_o, en);
+        n_int8++;
+    }
+    return n_int8;
+}
+
+/* A format 1.0 file loads (its int8 packed at load) and computes the same
+ * logits as the format 1.1 file, whose int8 weights are used in place;
+ * requantizing converts between the layouts without changing a block. */
+static void check_layouts(const char *src, const char *tag, const char *text,
+                          const lp_keep_rule *keep, int n_keep, int want_int8) {
+    char pn[512], po[512], pa[512], pb[512];
+    snprintf(pn, sizeof pn, "%s", tu_tmp(tag));
+    strcat(pn, "-layout1.loupe");
+    snprintf(po, sizeof po, "%s", tu_tmp(tag));
+    strcat(po, "-layout0.loupe");
+    snprintf(pa, sizeof pa, "%s", tu_tmp(tag));
+    strcat(pa, "-layout0-requant.loupe");
+    snprintf(pb, sizeof pb, "%s", tu_tmp(tag));
+    strcat(pb, "-layout1-requant.loupe");
+    quantize_as(src, pn, LP_Q8, keep, n_keep, 0, NULL);
+    quantize_as(src, po, LP_Q8, keep, n_keep, 1, NULL);
+    size_t ln, lo;
+    char *fn = tu_read_file(pn, &ln), *fo = tu_read_file(po, &lo);
+    assert_non_null(fn);
+    assert_non_null(fo);
+    assert_int_equal(expect_same_blocks(fn, fo), want_int8);
+
+    loupe_model *mn = open_ok(pn), *mo = open_ok(po);
+    static lp_weight_slot sn[512], so[512];
+    int n = lp_weight_slots(&mn->hp, &mn->w, sn, 512);
+    assert_int_equal(lp_weight_slots(&mo->hp, &mo->w, so, 512), n);
+    for (int i = 0; i < n; i++) {
+        if (sn[i].kind == LP_SLOT_VEC || sn[i].mat->type != LP_Q8P) continue;
+        assert_int_equal(so[i].mat->type, LP_Q8P);
+        assert_true(in_mappings(mn, sn[i].mat->data));  /* used in place */
+        assert_false(in_mappings(mo, so[i].mat->data)); /* packed at load */
+        assert_memory_equal(sn[i].mat->data, so[i].mat->data, lp_q8p_bytes(sn[i].rows, sn[i].cols));
+        assert_int_equal(type_in_file(mo, sn[i].name), LP_Q8); /* `loupe info`: int8 */
+    }
+    int32_t ids[128];
+    int T = tokens_of(mn, text, ids, 128);
+    float *ln_ = logits_of(mn, ids, T), *lo_ = logits_of(mo, ids, T);
+    assert_memory_equal(ln_, lo_, sizeof(float) * (size_t)T * (size_t)loupe_n_vocab(mn));
+    free(ln_);
+    free(lo_);
+    loupe_model_close(mn);
+    loupe_model_close(mo);
+
+    /* 1.0 -> 1.1 packs, 1.1 -> 1.0 unpacks: the same tensors as direct runs */
+    quantize_as(po, pa, LP_Q8, keep, n_keep, 0, NULL);
+    quantize_as(pn, pb, LP_Q8, keep, n_keep, 1, NULL);
+    char *fa = tu_read_file(pa, &ln), *fb = tu_read_file(pb, &lo);
+    assert_non_null(fa);
+    assert_non_null(fb);
+    expect_same_tensors(fa, fn);
+    expect_same_tensors(fb, fo);
+    free(fa);
+    free(fb);
+    free(fn);
+    free(fo);
+}
+
+static void test_layouts_stories(void **state) {
+    (void)state;
+    lp_keep_rule keep = {"token_embd", LP_Q8};
+    /* 7 matrices per layer but ffn_down (n_in 172), output, token_embd */
+    check_layouts(tu_shared(STORIES), "stories", TEXTS[0], &keep, 1, 5 * 6 + 2);
+}
+
+static void test_layouts_gpt2char(void **state) {
+    (void)state;
+    size_t len = 0;
+    char *corpus = tu_read_file(tu_shared(GPT2CHAR "/corpus.txt"), &len);
+    assert_non_null(corpus);
+    corpus[len > 60 ? 60 : len] = 0;
+    /* an int8 token embedding of 54 rows (10 padding rows), looked up by
+     * row and used as the tied output head */
+    lp_keep_rule keep = {"token_embd", LP_Q8};
+    check_layouts(tu_shared(GPT2CHAR), "gpt2char", corpus, &keep, 1, 4 * 6 + 1);
+    free(corpus);
 }
 
 /* ------------------------------------------------------------ policy */
@@ -562,18 +777,27 @@ static void test_requant_and_refusals(void **state) {
     char *fa = tu_read_file(a, &la), *fb = tu_read_file(b, &lb);
     assert_non_null(fa);
     assert_non_null(fb);
-    /* same names, types, shapes, sizes and data checksums (offsets move
-     * with the provenance metadata) */
-    uint64_t dir_a = 0, dir_b = 0, n = 0, nb = 0;
-    memcpy(&dir_a, fa + 40, 8);
-    memcpy(&dir_b, fb + 40, 8);
-    memcpy(&n, fa + 72, 4);
-    memcpy(&nb, fb + 72, 4);
-    assert_int_equal(n, nb);
-    for (uint64_t i = 0; i < n; i++) {
-        const char *ea = fa + dir_a + i * 128, *eb = fb + dir_b + i * 128;
-        assert_memory_equal(ea, eb, 96);
-        assert_memory_equal(ea + 104, eb + 104, 16);
+    expect_same_tensors(fa, fb);
+
+    /* packed int8 -> f16 dequantizes each element: f16(d * q) */
+    quantize_ok(a, b, LP_F16, NULL, 0, NULL);
+    free(fb);
+    fb = tu_read_file(b, &lb);
+    assert_non_null(fb);
+    const char *eq = entry_named(fa, "blk.0.ffn_gate"), *eh = entry_named(fb, "blk.0.ffn_gate");
+    assert_int_equal(rd32(eh + 48), LOUPE_T_F16);
+    lp_mat w = {LP_Q8P, (int)rd64(eq + 64), (int)rd64(eq + 72), fa + rd64(eq + 96)};
+    const uint16_t *h = (const uint16_t *)(const void *)(fb + rd64(eh + 96));
+    lp_block_q8 row[2]; /* 64 columns */
+    assert_int_equal(w.cols, 64);
+    for (int r = 0; r < w.rows; r++) {
+        lp_q8p_unpack_row(w.data, w.cols, r, row);
+        for (int c = 0; c < w.cols; c++) {
+            float v = lp_f16_to_f32(row[c / 32].d) * (float)row[c / 32].qs[c % 32];
+            if (h[r * w.cols + c] != lp_f32_to_f16(v))
+                fail_msg("blk.0.ffn_gate[%d, %d]: f16 %04x, expected %04x", r, c,
+                         h[r * w.cols + c], lp_f32_to_f16(v));
+        }
     }
     free(fa);
     free(fb);
@@ -588,6 +812,22 @@ static void test_requant_and_refusals(void **state) {
     assert_int_equal(lp_quantize_file(tu_shared(STORIES), b, &o, NULL), LOUPE_ERR_ARG);
     assert_non_null(strstr(loupe_last_error(), "--force"));
     assert_int_equal(lp_quantize_file(tu_tmp("no-such-model.gguf"), b, &o, NULL), LOUPE_ERR_IO);
+
+    /* a NaN weight cannot become int8: refused, naming the tensor */
+    char b3[512], b4[512];
+    const char *f32 = tmp_path(b3, "stories-nan-f32.loupe"), *q8 = tmp_path(b4, "stories-nan-int8.loupe");
+    quantize_ok(tu_shared(STORIES), f32, LP_F32, NULL, 0, NULL);
+    size_t len = 0;
+    char *f = tu_read_file(f32, &len);
+    assert_non_null(f);
+    float nan = NAN;
+    memcpy(f + rd64(entry_named(f, "blk.1.attn_v") + 96) + 4 * 70, &nan, 4);
+    assert_int_equal(tu_write_file(f32, f, len), 0);
+    free(f);
+    o.force = 1;
+    assert_int_equal(lp_quantize_file(f32, q8, &o, NULL), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(loupe_last_error(), "blk.1.attn_v: the source holds NaN or infinite"));
+    quantize_ok(f32, q8, LP_F16, NULL, 0, NULL); /* f16 has a NaN */
 }
 
 /* ------------------------------------------------------------ corruption */
@@ -595,13 +835,6 @@ static void test_requant_and_refusals(void **state) {
 static char *g_good; /* a valid file: stories int8 */
 static size_t g_len;
 
-static uint64_t rd64(const char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-static void wr64(char *p, uint64_t v) { memcpy(p, &v, 8); }
-static void wr32(char *p, uint32_t v) { memcpy(p, &v, 4); }
 
 /* Recomputes the header, metadata and directory checksums, so a test
  * reaches the check behind them. */
@@ -663,13 +896,15 @@ static void expect_refused(const char *path, const corrupt_case *c, size_t len) 
 static corrupt_case corrupt(int k, char *f, size_t *len) {
     uint64_t meta = rd64(f + 24), dir = rd64(f + 40), data = rd64(f + 56);
     char *e0 = entry(f, 0), *e1 = entry(f, 1);
+    char *eq = (char *)entry_named(f, "blk.0.attn_k"), *ed = (char *)entry_named(f, "blk.0.ffn_down");
+    char *en = (char *)entry_named(f, "blk.0.attn_norm");
     switch (k) {
     case 0: f[0] = 'X';
         return (corrupt_case){"bad magic", LOUPE_ERR_FORMAT, "bad magic", 0};
     case 1: f[6] = '\n'; f[5] = '\n';
         return (corrupt_case){"text-mode mangled magic", LOUPE_ERR_FORMAT, "signature", 0};
     case 2: f[8] = 2; reseal(f);
-        return (corrupt_case){"newer major version", LOUPE_ERR_UNSUPPORTED, "version 2.0 is newer", 0};
+        return (corrupt_case){"newer major version", LOUPE_ERR_UNSUPPORTED, "version 2.1 is newer", 0};
     case 3: f[12] = 1; f[15] = 4;
         return (corrupt_case){"byte-swapped endianness marker", LOUPE_ERR_UNSUPPORTED, "endianness", 0};
     case 4: *len = 100;
@@ -708,8 +943,8 @@ static corrupt_case corrupt(int k, char *f, size_t *len) {
         return (corrupt_case){"missing metadata key", LOUPE_ERR_MISSING, "hp.dim missing", 0};
     case 21: wr64(e0 + 104, rd64(e0 + 104) + 1); reseal(f);
         return (corrupt_case){"size disagrees with shape", LOUPE_ERR_FORMAT, "need", 0};
-    case 22: wr32(e0 + 52, 1); reseal(f);
-        return (corrupt_case){"unknown layout", LOUPE_ERR_UNSUPPORTED, "unknown layout", 0};
+    case 22: wr32(e0 + 52, 7); reseal(f);
+        return (corrupt_case){"unknown layout", LOUPE_ERR_UNSUPPORTED, "tensor token_embd: unknown layout 7", 0};
     case 23: wr64(f + 32, 1ull << 62); reseal(f);
         return (corrupt_case){"section out of range", LOUPE_ERR_FORMAT, "section table", 0};
     case 24: memset(e0, 'a', 48); reseal(f);
@@ -737,6 +972,29 @@ static corrupt_case corrupt(int k, char *f, size_t *len) {
         return (corrupt_case){"array count wrong", LOUPE_ERR_FORMAT, "metadata entry", 0};
     case 35: wr32(f + meta_value(f, "hp.n_layers"), 65536); reseal(f);
         return (corrupt_case){"inflated layer count", LOUPE_ERR_MISSING, "needs at least 524289 tensors", 0};
+    /* layout 1 (packed int8): blk.0.attn_k is (32, 64), 2 groups of 16 rows */
+    case 36: wr32(eq + 48, LOUPE_T_F16); reseal(f);
+        return (corrupt_case){"layout 1 on an f16 tensor", LOUPE_ERR_FORMAT,
+                              "tensor blk.0.attn_k: layout 1 (packed int8) on an f16 tensor", 0};
+    case 37: wr32(e0 + 52, LOUPE_LAYOUT_Q8P); reseal(f); /* token_embd is f32 */
+        return (corrupt_case){"layout 1 on an f32 tensor", LOUPE_ERR_FORMAT, "on an f32 tensor", 0};
+    case 38: wr64(eq + 104, rd64(eq + 104) - LP_Q8P_GROUP_BYTES(64)); reseal(f);
+        return (corrupt_case){"layout 1 one group short", LOUPE_ERR_FORMAT,
+                              "tensor blk.0.attn_k: size 1088 bytes, but a packed int8 (32, 64) "
+                              "matrix needs 2176 (2 groups of 16 rows)", 0};
+    case 39: wr64(eq + 104, rd64(eq + 104) + LP_Q8P_GROUP_BYTES(64)); reseal(f);
+        return (corrupt_case){"layout 1 one group long", LOUPE_ERR_FORMAT,
+                              "size 3264 bytes, but a packed int8 (32, 64) matrix needs 2176", 0};
+    case 40: wr32(ed + 48, LOUPE_T_Q8); wr32(ed + 52, LOUPE_LAYOUT_Q8P); reseal(f);
+        return (corrupt_case){"layout 1 with cols % 32 != 0", LOUPE_ERR_FORMAT,
+                              "tensor blk.0.ffn_down: int8 rows of 172 elements are not whole "
+                              "blocks of 32", 0};
+    case 41: wr32(en + 48, LOUPE_T_Q8); wr32(en + 52, LOUPE_LAYOUT_Q8P); reseal(f);
+        return (corrupt_case){"layout 1 on a vector", LOUPE_ERR_FORMAT,
+                              "tensor blk.0.attn_norm: layout 1 (packed int8) needs a matrix", 0};
+    case 42: wr32(eq + 52, LOUPE_LAYOUT_ROWS); wr64(eq + 64, 33); reseal(f);
+        /* read as row-major: 33 rows need 2244 bytes, the tensor has 2176 */
+        return (corrupt_case){"layout 0 with a packed size", LOUPE_ERR_FORMAT, "need 2244", 0};
     }
     (void)data;
     return (corrupt_case){NULL, LOUPE_OK, NULL, 0};
@@ -818,6 +1076,8 @@ int main(void) {
         cmocka_unit_test(test_gguf_q8_bit_identical),
         cmocka_unit_test(test_keep_rules),
         cmocka_unit_test(test_requant_and_refusals),
+        cmocka_unit_test(test_layouts_stories),
+        cmocka_unit_test(test_layouts_gpt2char),
         cmocka_unit_test(test_corrupt_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

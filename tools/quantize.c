@@ -3,7 +3,7 @@
  * a packed .loupe file with int8, f16 or f32 matmul weights.
  *
  *   quantize SRC DST [--type int8|f16|f32] [--threads N] [--force]
- *            [--keep GLOB=TYPE]...
+ *            [--keep GLOB=TYPE]... [--format 1.1|1.0]
  *   quantize --verify FILE
  *
  * Exit status: 0 success, 1 error, 2 usage error.
@@ -21,7 +21,7 @@
 static void usage(FILE *out) {
     fprintf(out,
             "usage: quantize SRC DST [--type int8|f16|f32] [--threads N] [--force]\n"
-            "                [--keep GLOB=TYPE]...\n"
+            "                [--keep GLOB=TYPE]... [--format 1.1|1.0]\n"
             "       quantize --verify FILE\n"
             "\n"
             "Writes the model SRC (Hugging Face directory, GGUF or .loupe file) as a\n"
@@ -33,6 +33,9 @@ static void usage(FILE *out) {
             "                  (e.g. --keep 'output=f32' --keep 'blk.0.*=f16')\n"
             "  --threads N     conversion threads (default: all cores)\n"
             "  --force         overwrite an existing DST\n"
+            "  --format V      1.1 (default): int8 matrices packed for the kernels, used\n"
+            "                  in place; 1.0: int8 row-major, for loupe 1.0 readers\n"
+            "                  (newer ones pack it at load)\n"
             "  --verify FILE   check every checksum and reload FILE\n");
 }
 
@@ -123,6 +126,13 @@ int main(int argc, char **argv) {
                 return 2;
             }
             o.n_keep++;
+        } else if (!strcmp(a, "--format") && has_val) {
+            const char *v = argv[++i];
+            if (strcmp(v, "1.0") && strcmp(v, "1.1")) {
+                fprintf(stderr, "quantize: unknown --format %s (1.1 or 1.0)\n", v);
+                return 2;
+            }
+            o.format_1_0 = !strcmp(v, "1.0");
         } else if (!strcmp(a, "--force")) {
             o.force = 1;
         } else if (a[0] == '-' && a[1]) {

@@ -2,8 +2,9 @@
  * loupe_load.c — reads a packed .loupe file (docs/FORMAT.md): validates the
  * header, metadata and directory against the file before trusting any
  * offset, size or count, then points the model's weights straight into the
- * read-only mapping (zero copy: tensors are 64-byte aligned) and rebuilds
- * the tokenizer from the stored spec.
+ * read-only mapping (zero copy: tensors are 64-byte aligned, int8 matrices
+ * already packed for the kernels in format 1.1) and rebuilds the tokenizer
+ * from the stored spec.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,6 +264,29 @@ static int cmp_by_offset(const void *a, const void *b) {
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
+/* Layout 1: a 2-D int8 matrix packed for the kernels (LP_Q8P), as many
+ * bytes as its groups of 16 rows take, padding included. Called once the
+ * shape is known to be sane (element count < 2^48). */
+static loupe_status check_packed(const lp_loupe_file *f, lp_loupe_tensor *t) {
+    const char *P = f->path;
+    if (t->type != LP_Q8)
+        return lp_fail(LOUPE_ERR_FORMAT, "%s: tensor %s: layout 1 (packed int8) on an %s "
+                       "tensor; only int8 matrices are packed", P, t->name,
+                       t->type == LP_F16 ? "f16" : "f32");
+    if (t->n_dims != 2)
+        return lp_fail(LOUPE_ERR_FORMAT, "%s: tensor %s: layout 1 (packed int8) needs a "
+                       "matrix, not %d dimensions", P, t->name, t->n_dims);
+    uint64_t want = lp_q8p_bytes(t->shape[0], t->shape[1]);
+    if (t->size != want)
+        return lp_fail(LOUPE_ERR_FORMAT, "%s: tensor %s: size %llu bytes, but a packed int8 "
+                       "(%lld, %lld) matrix needs %llu (%lld groups of %d rows)", P, t->name,
+                       (unsigned long long)t->size, (long long)t->shape[0],
+                       (long long)t->shape[1], (unsigned long long)want,
+                       (long long)LP_Q8P_GROUPS(t->shape[0]), LP_Q8P_ROWS);
+    t->type = LP_Q8P;
+    return LOUPE_OK;
+}
+
 /* Shape, type, size and placement of one directory entry. */
 static loupe_status check_entry(const lp_loupe_file *f, const uint8_t *e, lp_loupe_tensor *t,
                                 int i) {
@@ -276,9 +300,10 @@ static loupe_status check_entry(const lp_loupe_file *f, const uint8_t *e, lp_lou
     if (type != LOUPE_T_F32 && type != LOUPE_T_F16 && type != LOUPE_T_Q8)
         return lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: unknown type %u", P, t->name, type);
     t->type = (lp_dtype)type;
-    if (t->layout != LOUPE_LAYOUT_ROWS)
-        return lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: unknown layout %u", P, t->name,
-                       t->layout);
+    if (t->layout != LOUPE_LAYOUT_ROWS && t->layout != LOUPE_LAYOUT_Q8P)
+        return lp_fail(LOUPE_ERR_UNSUPPORTED, "%s: tensor %s: unknown layout %u (this loupe "
+                       "reads layouts 0 and 1 of format %d.%d; a newer loupe wrote it?)", P,
+                       t->name, t->layout, LOUPE_FORMAT_MAJOR, LOUPE_FORMAT_MINOR);
     if (nd < 1 || nd > LP_MAX_DIMS)
         return lp_fail(LOUPE_ERR_FORMAT, "%s: tensor %s: %u dimensions", P, t->name, nd);
     t->n_dims = (int)nd;
@@ -305,7 +330,8 @@ static loupe_status check_entry(const lp_loupe_file *f, const uint8_t *e, lp_lou
     t->offset = rd64(e + 96);
     t->size = rd64(e + 104);
     t->checksum = rd64(e + 112);
-    if (t->size != lp_dtype_bytes(t->type, count))
+    if (t->layout == LOUPE_LAYOUT_Q8P) LP_TRY(check_packed(f, t));
+    else if (t->size != lp_dtype_bytes(t->type, count))
         return lp_fail(LOUPE_ERR_FORMAT, "%s: tensor %s: size %llu bytes, but its shape and "
                        "type need %llu", P, t->name, (unsigned long long)t->size,
                        (unsigned long long)lp_dtype_bytes(t->type, count));
@@ -588,10 +614,27 @@ static const lp_loupe_tensor *find_tensor(const lp_loupe_file *f, const char *na
     return NULL;
 }
 
-/* Points one slot at its tensor after checking type and shape. */
-static loupe_status bind_slot(const lp_loupe_file *f, const lp_weight_slot *s,
+/* A directory entry as the model binder sees tensors (LP_Q8P for layout 1). */
+static lp_tensor_info tensor_info(const lp_loupe_file *f, const lp_loupe_tensor *t) {
+    lp_tensor_info ti = {0};
+    ti.name = (char *)t->name;
+    ti.type = t->type;
+    ti.n_dims = t->n_dims;
+    memcpy(ti.shape, t->shape, sizeof ti.shape);
+    ti.data = f->data + t->offset;
+    ti.nbytes = t->size;
+    ti.file_offset = t->offset;
+    ti.file = f->path;
+    return ti;
+}
+
+/* Points one slot at its tensor after checking type and shape, through
+ * lp_bind_mat / lp_bind_vec, which keep f32, f16 and packed int8 in the
+ * mapping (zero copy), pack row-major int8 (layout 0, format 1.0) at load,
+ * and record the weight for `loupe info`. */
+static loupe_status bind_slot(loupe_model *m, const lp_loupe_file *f, const lp_weight_slot *s,
                               const lp_loupe_tensor *t) {
-    const void *data = f->data + t->offset;
+    lp_tensor_info ti = tensor_info(f, t);
     if (s->kind == LP_SLOT_VEC) {
         int64_t n = 1;
         for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
@@ -601,19 +644,14 @@ static loupe_status bind_slot(const lp_loupe_file *f, const lp_weight_slot *s,
             return lp_fail(LOUPE_ERR_SHAPE, "%s: tensor %s: %s with %lld elements, expected "
                            "f32 with %lld", f->path, s->name, lp_dtype_name(t->type),
                            (long long)n, (long long)s->rows);
-        *s->vec = data;
-        return LOUPE_OK;
+        return lp_bind_vec(m, &ti, s->rows, s->vec);
     }
     if (t->n_dims != 2 || t->shape[0] != s->rows || t->shape[1] != s->cols)
         return lp_fail(LOUPE_ERR_SHAPE, "%s: tensor %s: shape (%lld, %lld), expected (%lld, %lld)",
                        f->path, s->name, (long long)t->shape[0],
                        (long long)(t->n_dims > 1 ? t->shape[1] : 0), (long long)s->rows,
                        (long long)s->cols);
-    s->mat->type = t->type;
-    s->mat->rows = (int)s->rows;
-    s->mat->cols = (int)s->cols;
-    s->mat->data = data;
-    return LOUPE_OK;
+    return lp_bind_mat(m, &ti, (int)s->rows, (int)s->cols, 0, s->mat);
 }
 
 static loupe_status bind_weights(loupe_model *m, const lp_loupe_file *f) {
@@ -642,7 +680,7 @@ static loupe_status bind_weights(loupe_model *m, const lp_loupe_file *f) {
             continue;
         }
         used[t - f->t] = 1;
-        rc = bind_slot(f, &slots[i], t);
+        rc = bind_slot(m, f, &slots[i], t);
     }
     for (int i = 0; i < f->n_tensors && rc == LOUPE_OK; i++)
         if (!used[i])
@@ -653,17 +691,6 @@ static loupe_status bind_weights(loupe_model *m, const lp_loupe_file *f) {
     free(slots);
     free(used);
     return rc;
-}
-
-/* m->tensors: the registry `loupe info` prints. */
-static loupe_status fill_registry(loupe_model *m, const lp_loupe_file *f) {
-    m->weight_bytes = 0;
-    m->n_params = 0;
-    for (int i = 0; i < f->n_tensors; i++) {
-        const lp_loupe_tensor *t = &f->t[i];
-        LP_TRY(lp_model_add_tensor(m, t->name, t->type, t->n_dims, t->shape, t->size));
-    }
-    return LOUPE_OK;
 }
 
 /* ------------------------------------------------------------ entry points */
@@ -679,8 +706,7 @@ static loupe_status load_parsed(loupe_model *m, const lp_loupe_file *f) {
         return rc;
     }
     LP_TRY(lp_hparams_validate(m));
-    LP_TRY(bind_weights(m, f));
-    return fill_registry(m, f);
+    return bind_weights(m, f);
 }
 
 loupe_status lp_load_loupe(loupe_model *m, const char *path) {

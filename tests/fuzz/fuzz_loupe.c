@@ -1,7 +1,9 @@
 /*
  * fuzz_loupe — .loupe bytes -> lp_loupe_parse (with every data checksum
  * verified: reads each tensor's bytes) -> the whole load path through
- * loupe_model_open and a forward pass.
+ * loupe_model_open and a forward pass. Seeds (.ci/fuzz.sh) include int8
+ * files, whose matrices are packed (layout 1), so mutations reach the
+ * layout checks and the zero-copy binding of packed weights.
  *
  * Random mutations would nearly always break the header, metadata and
  * directory checksums and stop at the first check, so the input is
@@ -50,9 +52,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     loupe_status st = lp_loupe_parse(buf, size, "fuzz.loupe", 1, &f);
     fz_check_error(st, "lp_loupe_parse");
     if (st == LOUPE_OK) {
-        for (int i = 0; i < f.n_tensors; i++)
-            if (f.t[i].offset > size || f.t[i].size > size - f.t[i].offset)
-                fz_fail("tensor %s outside the file", f.t[i].name);
+        for (int i = 0; i < f.n_tensors; i++) {
+            const lp_loupe_tensor *t = &f.t[i];
+            if (t->offset > size || t->size > size - t->offset)
+                fz_fail("tensor %s outside the file", t->name);
+            if (t->offset % LOUPE_ALIGN) fz_fail("tensor %s misaligned", t->name);
+            if (t->layout == LOUPE_LAYOUT_Q8P && /* packed int8: exactly its groups */
+                (t->type != LP_Q8P || t->n_dims != 2 || t->shape[1] % LP_QK8 ||
+                 t->size != lp_q8p_bytes(t->shape[0], t->shape[1])))
+                fz_fail("tensor %s: layout 1 accepted as %s, %d dims, %llu bytes", t->name,
+                        lp_dtype_name(t->type), t->n_dims, (unsigned long long)t->size);
+            if (t->layout != LOUPE_LAYOUT_Q8P && (t->layout != LOUPE_LAYOUT_ROWS || t->type == LP_Q8P))
+                fz_fail("tensor %s: layout %u accepted as %s", t->name, t->layout,
+                        lp_dtype_name(t->type));
+        }
         for (int i = 0; i < f.n_meta; i++)
             if (f.meta[i].val < buf || f.meta[i].val > buf + size ||
                 f.meta[i].val_size > (uint64_t)(buf + size - f.meta[i].val) + 8)
