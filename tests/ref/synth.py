@@ -11,11 +11,19 @@ are O(1) (so attention is far from uniform and RoPE matters), logits have a
 standard deviation of about 2, norm weights are 1 + N(0, 0.1) and biases
 N(0, 0.1..0.2), so a dropped bias or norm weight shows in the output.
 
+With such logits (std ~2 over tens of thousands of tokens) the next-token
+distribution is nearly uniform (mean top-1 probability ~0.02), unlike a
+trained model's. --logit-scale K multiplies the final norm's weight (and
+GPT-2's ln_f bias) by K, so every logit is K times larger: the same network
+at temperature 1/K, with a peaked distribution (K = 3: mean top-1
+probability ~0.5 at GPT-2 and TinyLlama shapes). Any error in the hidden
+state (e.g. from quantization) is scaled by K as well.
+
 Usage:
   synth.py --variant NAME --out DIR [--dtype f32|f16|bf16] [--shards N] [--seed S]
       a small built-in test model (see --list)
   synth.py --config PATH/config.json --out DIR [--layers N] [--dtype ...]
-  synth.py --preset NAME --out DIR [--layers N] [--dtype ...]
+  synth.py --preset NAME --out DIR [--layers N] [--dtype ...] [--logit-scale K]
       a model at a real model's shapes (e.g. for benchmarks); --layers keeps
       only the first N layers. The real tokenizer files next to the config are
       copied into DIR when there are any (at run time, into a scratch dir);
@@ -223,7 +231,7 @@ class WeightMaker:
 FC_STD, FC_BIAS, PROJ_STD = 0.7, -2.7, 10.0
 
 
-def gpt2_specs(c, dt, wm, prefix):
+def gpt2_specs(c, dt, wm, prefix, logit_scale=1.0):
     D, V, P, L = c["n_embd"], c["vocab_size"], c["n_positions"], c["n_layer"]
     F = c.get("n_inner") or 4 * D
     p = "transformer." if prefix else ""
@@ -251,15 +259,16 @@ def gpt2_specs(c, dt, wm, prefix):
             S(b + "mlp.c_proj.weight", (F, D), dt, lambda: wm.normal((F, D), PROJ_STD / math.sqrt(F))),
             S(b + "mlp.c_proj.bias", (D,), dt, lambda: wm.normal((D,), 0.1)),
         ]
-    specs += [S(p + "ln_f.weight", (D,), dt, lambda: wm.normal((D,), 0.1, 1.0)),
-              S(p + "ln_f.bias", (D,), dt, lambda: wm.normal((D,), 0.1))]
+    k = np.float32(logit_scale)  # scales ln_f's output, hence every logit
+    specs += [S(p + "ln_f.weight", (D,), dt, lambda: wm.normal((D,), 0.1, 1.0) * k),
+              S(p + "ln_f.bias", (D,), dt, lambda: wm.normal((D,), 0.1) * k)]
     if not c.get("tie_word_embeddings", True):
         specs.append(S("lm_head.weight", (V, D), dt,
                        lambda: wm.normal((V, D), 2.0 / math.sqrt(D))))
     return specs
 
 
-def llama_specs(c, dt, wm, qkv_bias):
+def llama_specs(c, dt, wm, qkv_bias, logit_scale=1.0):
     D, V, L = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
     H = c["num_attention_heads"]
     KV = c.get("num_key_value_heads") or H
@@ -289,7 +298,8 @@ def llama_specs(c, dt, wm, qkv_bias):
             S(b + "mlp.up_proj.weight", (F, D), dt, lambda: wm.normal((F, D), 1.0 / math.sqrt(D))),
             S(b + "mlp.down_proj.weight", (D, F), dt, lambda: wm.normal((D, F), 0.6 / math.sqrt(F))),
         ]
-    specs.append(S("model.norm.weight", (D,), dt, lambda: wm.normal((D,), 0.1, 1.0)))
+    k = np.float32(logit_scale)  # scales the final norm's output, hence every logit
+    specs.append(S("model.norm.weight", (D,), dt, lambda: wm.normal((D,), 0.1, 1.0) * k))
     if not tied:
         specs.append(S("lm_head.weight", (V, D), dt, lambda: wm.normal((V, D), 2.0 / math.sqrt(D))))
     return specs
@@ -303,9 +313,10 @@ def _has_real_tokenizer(src_dir):
 
 
 def synthesize(out_dir, config, dtype="f32", shards=1, seed=1234, gpt2_prefix=True,
-               qkv_bias=None, tokenizer_src=None):
+               qkv_bias=None, tokenizer_src=None, logit_scale=1.0):
     """Writes a checkpoint for config (a dict) into out_dir. tokenizer_src: a
-    directory whose tokenizer files are copied; None: generate one."""
+    directory whose tokenizer files are copied; None: generate one.
+    logit_scale: factor on the final norm's weight (and bias), see --logit-scale."""
     c = copy.deepcopy(config)
     os.makedirs(out_dir, exist_ok=True)
     for stale in os.listdir(out_dir):
@@ -333,7 +344,10 @@ def synthesize(out_dir, config, dtype="f32", shards=1, seed=1234, gpt2_prefix=Tr
         json.dump(c, f, indent=2)
     wm = WeightMaker(seed)
     dt = _DTYPES[dtype]
-    specs = gpt2_specs(c, dt, wm, gpt2_prefix) if gpt2 else llama_specs(c, dt, wm, qkv_bias)
+    if gpt2:
+        specs = gpt2_specs(c, dt, wm, gpt2_prefix, logit_scale)
+    else:
+        specs = llama_specs(c, dt, wm, qkv_bias, logit_scale)
     st.write_checkpoint(out_dir, specs, shards)
     return c
 
@@ -367,7 +381,12 @@ def main():
     ap.add_argument("--layers", type=int, help="keep only this many layers")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--vocab", type=int, help="vocab_size override")
+    ap.add_argument("--logit-scale", type=float, default=1.0, metavar="K",
+                    help="multiply the final norm's weight (and bias) by K: logits K times "
+                         "larger, a peaked next-token distribution (default 1)")
     args = ap.parse_args()
+    if not (args.logit_scale > 0 and math.isfinite(args.logit_scale)):
+        ap.error("--logit-scale must be a positive number")
     if args.list:
         for k in sorted(VARIANTS):
             print("%-18s %s" % (k, VARIANTS[k]["about"]))
@@ -391,7 +410,8 @@ def main():
         tok_src = None if args.vocab else os.path.dirname(os.path.abspath(path))
     if args.layers:
         c["n_layer" if c["model_type"] == "gpt2" else "num_hidden_layers"] = args.layers
-    synthesize(args.out, c, dtype, shards, args.seed, prefix, qkv_bias, tok_src)
+    synthesize(args.out, c, dtype, shards, args.seed, prefix, qkv_bias, tok_src,
+               args.logit_scale)
 
 
 if __name__ == "__main__":
