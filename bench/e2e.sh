@@ -65,16 +65,9 @@ mkdir -p "$MODELS_DIR" "$OUT"
 
 # ------------------------------------------------------------ names
 
-# preset -> the base name of its files in MODELS_DIR
-model_name() {
-    case "$1" in
-    gpt2) echo gpt2-124m ;;
-    tinyllama) echo tinyllama-1.1b ;;
-    llama3.2-1b) echo llama3.2-1b ;;
-    qwen2.5-0.5b) echo qwen2.5-0.5b ;;
-    *) die "unknown preset '$1' (gpt2 tinyllama llama3.2-1b qwen2.5-0.5b)" ;;
-    esac
-}
+# model_name: preset -> the base name of its files
+# shellcheck source=bench/presets.sh
+. "$HERE/presets.sh"
 
 # model base name, format -> file path
 model_file() {
