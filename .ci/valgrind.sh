@@ -32,6 +32,18 @@ export LOUPE_TEST_TMP=$SRC/$B/test-tmp
 mkdir -p "$LOUPE_TEST_TMP" $B/valgrind
 pass=0 fail=0
 
+# show_first_error LOG...: prints the first memcheck report and the test's
+# own last lines, so a CI log says why a run failed without its artifacts.
+show_first_error() {
+  local log
+  for log in "$@"; do
+    grep -m1 -A14 -E "^==[0-9]+== (Invalid|Conditional|Use of|Syscall|Mismatched|Source and|Argument|[0-9,]+ .*(definitely|indirectly) lost)" \
+      "$log" 2>/dev/null | sed 's/^/     | /' && break
+  done
+  local out=${1%.log}.out
+  [ -f "$out" ] && tail -n 15 "$out" | sed 's/^/     > /'
+}
+
 # report NAME RC LOG...: counts a run as passed or failed from its exit
 # status and its memcheck logs.
 report() {
@@ -46,6 +58,7 @@ report() {
   else
     [ "$rc" -eq 124 ] && rc="timeout ${LIMIT}s"
     echo "FAIL $name (exit $rc; $errs processes with errors, $leaks with leaks; logs $*)"
+    show_first_error "$@"
     fail=$((fail + 1))
   fi
 }
