@@ -72,7 +72,8 @@ void lp_dequantize_q8(const lp_block_q8 *x, float *y, int64_t n);
  * matrix; F32, F16, Q8 destination, row-major; Q8 -> Q8 and Q8P -> Q8 move
  * the blocks bit for bit). Returns 0; -1 if the pair is not supported or
  * cols is not a multiple of 32 where int8 is involved; -2 out of memory;
- * -3 if a NaN or infinite value was quantized to int8 (all rows written). */
+ * -3 if a NaN or infinite value was quantized to int8, -4 if a finite value
+ * overflowed f16 (|x| > 65504) (all rows written either way). */
 int lp_convert_rows(lp_dtype st, const void *src, lp_dtype dt, void *dst,
                     int64_t cols, int64_t r0, int64_t r1);
 /* Writes groups [g0, g1) of 16 rows of the packed int8 matrix dst

@@ -68,7 +68,8 @@ static const float *chunk_as_f32(lp_dtype st, const void *src, int64_t n, float 
 
 /* One row of cols elements from st to dt (neither Q8P) through an f32
  * buffer on the stack (chunks of 1024 columns, whole int8 blocks).
- * Returns 0, or -3 if int8 met a NaN or an infinity. */
+ * Returns 0, -3 if int8 met a NaN or an infinity, -4 if a finite value is
+ * beyond f16's range (|x| > 65504 after rounding). */
 static int convert_row(lp_dtype st, const void *src, lp_dtype dt, void *dst, int64_t cols) {
     if (st == dt) { /* a bit-exact copy (Q8 -> Q8 included) */
         memcpy(dst, src, (size_t)lp_dtype_bytes(dt, (uint64_t)cols));
@@ -86,11 +87,16 @@ static int convert_row(lp_dtype st, const void *src, lp_dtype dt, void *dst, int
         if (dt == LP_F32)
             memcpy((float *)dst + c0, x, (size_t)n * sizeof(float));
         else if (dt == LP_F16)
-            for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[c0 + i] = lp_f32_to_f16(x[i]);
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t h = lp_f32_to_f16(x[i]);
+                /* a finite weight that f16 would turn into an infinity */
+                if ((h & 0x7fff) == 0x7c00 && isfinite(x[i])) bad |= 4;
+                ((uint16_t *)dst)[c0 + i] = h;
+            }
         else
-            bad |= lp_quantize_q8(x, (lp_block_q8 *)dst + c0 / LP_QK8, n);
+            bad |= lp_quantize_q8(x, (lp_block_q8 *)dst + c0 / LP_QK8, n) ? 3 : 0;
     }
-    return bad ? -3 : 0;
+    return bad ? -bad : 0;
 }
 
 /* Rows [r0, r1) of src into dst, whose first row is row r0. */
@@ -115,10 +121,11 @@ static int convert_rows_to(lp_dtype st, const void *src, lp_dtype dt, void *dst,
     }
     if (st != LP_F32 && st != LP_F16 && st != LP_BF16 && st != LP_Q8) return -1;
     int rc = 0;
-    for (int64_t r = r0; r < r1; r++)
-        if (convert_row(st, (const uint8_t *)src + r * in_row, dt,
-                        (uint8_t *)dst + (r - r0) * out_row, cols))
-            rc = -3;
+    for (int64_t r = r0; r < r1; r++) {
+        int e = convert_row(st, (const uint8_t *)src + r * in_row, dt,
+                            (uint8_t *)dst + (r - r0) * out_row, cols);
+        if (e) rc = e;
+    }
     return rc;
 }
 

@@ -26,11 +26,15 @@
  *  Corrupted files: each one is refused with its own clear message and
  *    status (run under ASan/UBSan too: never a crash).
  */
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
 #include "loupe.h"
 #include "quant/loupe_format.h"
@@ -484,8 +488,9 @@ static void test_int8_matches_numpy_stories(void **state) {
             expect_q8_equals_file(m, dir, name);
         }
     expect_q8_equals_file(m, dir, "output");
-    /* policy: embeddings and the n_in = 172 ffn_down stay f32, with a note */
-    assert_int_equal(type_in_file(m, "token_embd"), LP_F32);
+    /* policy: the embedding becomes f16, the n_in = 172 ffn_down stays f32
+     * (with a note), vectors f32 */
+    assert_int_equal(type_in_file(m, "token_embd"), LP_F16);
     assert_int_equal(type_in_file(m, "blk.0.ffn_down"), LP_F32);
     assert_int_equal(type_in_file(m, "blk.0.attn_norm"), LP_F32);
     int noted = 0;
@@ -536,8 +541,9 @@ static void test_int8_logits_reference(void **state) {
     int n = tokens_of(m, TEXTS[0], ids, 128);
     for (int i = 0; i < n; i++)
         snprintf(idlist + strlen(idlist), sizeof idlist - strlen(idlist), "%s%d", i ? "," : "", ids[i]);
-    assert_int_equal(tu_system("%s %s %s %s %s", tu_python(), tu_src("tests/ref/q8_forward.py"),
-                               tu_shared(STORIES), out, idlist), 0);
+    assert_int_equal(tu_system("%s %s %s %s %s --f16-embd", tu_python(),
+                               tu_src("tests/ref/q8_forward.py"), tu_shared(STORIES), out, idlist),
+                     0);
     size_t len = 0;
     float *ref = (float *)tu_read_file(out, &len);
     int V = loupe_n_vocab(m);
@@ -564,10 +570,10 @@ static void test_gguf_q8_bit_identical(void **state) {
     assert_int_equal(tu_system("%s %s q8 %s %s", py, np, tu_shared(STORIES), q8), 0);
     assert_int_equal(tu_system("%s %s deq %s %s", py, np, q8, deq), 0);
     assert_int_equal(tu_system("%s %s raw %s blk.2.ffn_up.weight %s", py, np, q8, rawp), 0);
-    /* token_embd is Q8_0 in this GGUF too: keep it int8 instead of widening */
-    lp_keep_rule keep = {"token_embd", LP_Q8};
+    /* token_embd is Q8_0 in this GGUF too: by default it stays int8 (the
+     * lossless choice), not f16 */
     const char *dst = tmp_path(b4, "stories-from-q8_0.loupe");
-    quantize_ok(q8, dst, LP_Q8, &keep, 1, NULL);
+    quantize_ok(q8, dst, LP_Q8, NULL, 0, NULL);
     loupe_model *mg = open_ok(q8), *ml = open_ok(dst);
 
     /* every Q8_0 tensor of the GGUF file, unpacked row by row from the
@@ -828,6 +834,61 @@ static void test_requant_and_refusals(void **state) {
     assert_int_equal(lp_quantize_file(f32, q8, &o, NULL), LOUPE_ERR_FORMAT);
     assert_non_null(strstr(loupe_last_error(), "blk.1.attn_v: the source holds NaN or infinite"));
     quantize_ok(f32, q8, LP_F16, NULL, 0, NULL); /* f16 has a NaN */
+
+    /* a finite weight beyond f16's range would become an infinity: the f16
+     * embedding (the int8 default) is refused with the way out, which works */
+    quantize_ok(tu_shared(STORIES), f32, LP_F32, NULL, 0, NULL);
+    f = tu_read_file(f32, &len);
+    assert_non_null(f);
+    float big = 70000.0f;
+    memcpy(f + rd64(entry_named(f, "token_embd") + 96) + 4 * 200, &big, 4);
+    assert_int_equal(tu_write_file(f32, f, len), 0);
+    free(f);
+    assert_int_equal(lp_quantize_file(f32, q8, &o, NULL), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(loupe_last_error(), "token_embd: the source holds weights beyond "
+                                               "f16's range (|w| > 65504); keep the tensor f32 "
+                                               "with --keep 'token_embd=f32'"));
+    lp_keep_rule keep = {"token_embd", LP_F32};
+    quantize_ok(f32, q8, LP_Q8, &keep, 1, NULL);
+    loupe_model *m = open_ok(q8);
+    assert_int_equal(type_in_file(m, "token_embd"), LP_F32);
+    loupe_model_close(m);
+    o.type = LP_F16;
+    assert_int_equal(lp_quantize_file(f32, q8, &o, NULL), LOUPE_ERR_FORMAT);
+    assert_non_null(strstr(loupe_last_error(), "token_embd: the source holds weights beyond"));
+}
+
+/* quantize drops the written file from the page cache (where the file
+ * system keeps one: not tmpfs), so the first run reads it back in large
+ * folios: mincore finds none of its pages resident. */
+static void test_written_file_not_cached(void **state) {
+    (void)state;
+    char b1[512];
+    const char *dst = tmp_path(b1, "stories-uncached.loupe");
+    quantize_ok(tu_shared(STORIES), dst, LP_Q8, NULL, 0, NULL);
+    struct statfs fs;
+    assert_int_equal(statfs(dst, &fs), 0);
+    if (fs.f_type == 0x01021994) { /* TMPFS_MAGIC: its pages are the file */
+        print_message("%s is on tmpfs: nothing to check\n", dst);
+        return;
+    }
+    int fd = open(dst, O_RDONLY); /* not stdio: fseek may read the last page */
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    size_t len = (size_t)st.st_size;
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    assert_true(p != MAP_FAILED);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (len + page - 1) / page, resident = 0;
+    unsigned char *vec = malloc(n);
+    assert_non_null(vec);
+    assert_int_equal(mincore(p, len, vec), 0);
+    for (size_t i = 0; i < n; i++) resident += vec[i] & 1;
+    print_message("%zu of %zu pages resident after quantize\n", resident, n);
+    assert_int_equal(resident, 0);
+    free(vec);
+    munmap(p, len);
+    close(fd);
 }
 
 /* ------------------------------------------------------------ corruption */
@@ -951,7 +1012,8 @@ static corrupt_case corrupt(int k, char *f, size_t *len) {
         return (corrupt_case){"name not terminated", LOUPE_ERR_FORMAT, "NUL-terminated", 0};
     case 25: memcpy(e1, e0, 48); reseal(f);
         return (corrupt_case){"duplicate tensor name", LOUPE_ERR_FORMAT, "appears twice", 0};
-    case 26: wr64(e0 + 64, rd64(e0 + 64) + 1); wr64(e0 + 104, rd64(e0 + 104) + 256);
+    case 26: wr64(e0 + 104, rd64(e0 + 104) + rd64(e0 + 104) / rd64(e0 + 64)); /* + 1 row */
+        wr64(e0 + 64, rd64(e0 + 64) + 1);
         reseal(f); /* consistent size, wrong vocabulary rows: overlaps the next tensor */
         return (corrupt_case){"grown tensor", LOUPE_ERR_FORMAT, "overlap", 0};
     case 27: wr64(f + meta + 0, 1ull << 60); reseal(f);
@@ -976,8 +1038,8 @@ static corrupt_case corrupt(int k, char *f, size_t *len) {
     case 36: wr32(eq + 48, LOUPE_T_F16); reseal(f);
         return (corrupt_case){"layout 1 on an f16 tensor", LOUPE_ERR_FORMAT,
                               "tensor blk.0.attn_k: layout 1 (packed int8) on an f16 tensor", 0};
-    case 37: wr32(e0 + 52, LOUPE_LAYOUT_Q8P); reseal(f); /* token_embd is f32 */
-        return (corrupt_case){"layout 1 on an f32 tensor", LOUPE_ERR_FORMAT, "on an f32 tensor", 0};
+    case 37: wr32(e0 + 52, LOUPE_LAYOUT_Q8P); reseal(f); /* token_embd is f16 */
+        return (corrupt_case){"layout 1 on an f16 tensor", LOUPE_ERR_FORMAT, "on an f16 tensor", 0};
     case 38: wr64(eq + 104, rd64(eq + 104) - LP_Q8P_GROUP_BYTES(64)); reseal(f);
         return (corrupt_case){"layout 1 one group short", LOUPE_ERR_FORMAT,
                               "tensor blk.0.attn_k: size 1088 bytes, but a packed int8 (32, 64) "
@@ -1076,6 +1138,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_q8_bit_identical),
         cmocka_unit_test(test_keep_rules),
         cmocka_unit_test(test_requant_and_refusals),
+        cmocka_unit_test(test_written_file_not_cached),
         cmocka_unit_test(test_layouts_stories),
         cmocka_unit_test(test_layouts_gpt2char),
         cmocka_unit_test(test_corrupt_files),

@@ -45,6 +45,10 @@ loupe_status lp_map_file(const char *path, lp_mapping *out) {
             return lp_fail(LOUPE_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, size,
                            strerror(e));
         }
+        /* Ask for 2 MiB page-cache folios where the file is read from disk
+         * (a no-op where it is cached already or the kernel cannot): each
+         * maps with one TLB entry, and decode streams every weight page. */
+        if (size >= ((size_t)2 << 20)) madvise(p, size, MADV_HUGEPAGE);
         data = p;
     }
     close(fd); /* the mapping stays valid without the descriptor */

@@ -4,8 +4,8 @@ model as an int8 .loupe file computes it, for loupe's quantization tests.
 
 Weights: every 2-D matmul weight whose rows are whole blocks of 32 is Q8_0
 quantized (gguf_np.quantize_q8_0) and used dequantized, d_w * q_w; the rest
-(token embedding, norms, matrices with n_in % 32 != 0) stays f32 — quantize's
-default int8 policy. Activations entering an int8 matmul are quantized per
+(token embedding, norms, matrices with n_in % 32 != 0) stays f32 (with
+--f16-embd the embedding is rounded to fp16: quantize's default int8 policy). Activations entering an int8 matmul are quantized per
 block of 32 as well (the int8 kernels' design: q = round(x / dx) as Q8_0, but
 the scale dx = max|x| / 127 kept in f32, not rounded to fp16), so
     y[r] = sum_b (sum_j qx[b,j] * qw[r,b,j]) * f32(dx[b]) * f16(dw[r,b]).
@@ -13,9 +13,11 @@ Llama semantics from the GGUF conventions: RMSNorm, RoPE on interleaved
 pairs (2i, 2i+1) with theta^(-2i/head_dim), causal grouped-query attention,
 SwiGLU MLP, separate or tied output head.
 
-Usage: q8_forward.py MODEL.gguf OUT.f32 ID,ID,... [--int8-head] [--exact]
+Usage: q8_forward.py MODEL.gguf OUT.f32 ID,ID,... [--int8-head] [--f16-embd] [--exact]
     writes (T, n_vocab) float32 little-endian logits
     --int8-head  a tied head is int8 too (a GGUF Q8_0 token embedding)
+    --f16-embd   the token embedding rounded to fp16 (numpy's float16), as
+                 quantize stores it by default
     --exact      no quantization at all: every matmul in float64 on the
                  file's weights (the int8 path's f32 counterpart)
     --ties=FILE  also writes (T) float32: for each position, how close any
@@ -54,6 +56,7 @@ def q8_act(x):
 
 
 EXACT = False  # --exact: no quantization
+F16_EMBD = False  # --f16-embd: the token embedding rounded to fp16
 TIES = []      # per Linear call: (T) distance of its activations to a tie
 
 
@@ -105,6 +108,8 @@ def forward(path, ids, int8_head=False):
         shape = list(reversed(ne))
         W[name[:-len(".weight")] if name.endswith(".weight") else name] = \
             np.frombuffer(raw, dtype="<f4").reshape(shape)
+    if F16_EMBD:
+        W["token_embd"] = W["token_embd"].astype(np.float16).astype(np.float32)
     D = meta["llama.embedding_length"]
     L = meta["llama.block_count"]
     H = meta["llama.attention.head_count"]
@@ -140,9 +145,10 @@ def forward(path, ids, int8_head=False):
 
 
 def main():
-    global EXACT
+    global EXACT, F16_EMBD
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     EXACT = "--exact" in sys.argv
+    F16_EMBD = "--f16-embd" in sys.argv
     ids = [int(t) for t in args[2].split(",")]
     forward(args[0], ids, "--int8-head" in sys.argv).astype("<f4").tofile(args[1])
     for a in sys.argv:
