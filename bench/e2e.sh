@@ -2,8 +2,9 @@
 # e2e.sh — end-to-end speed and memory of loupe on real-shape models, and
 # optionally llama.cpp's llama-bench on the very same GGUF files.
 #
-#   bench/e2e.sh [STEP...]        steps: prepare membw bench rss open pool busy
-#                                 report (default: all, in that order)
+#   bench/e2e.sh [STEP...]        steps: prepare membw bench ab rss open pool
+#                                 busy report (default: all but ab, in that
+#                                 order; ab needs LLAMA_BENCH)
 #
 # Environment (defaults in brackets):
 #   BUILD        loupe build directory with loupe, quantize, libloupe.so
@@ -13,6 +14,7 @@
 #   MODELS       presets to run [gpt2 tinyllama]; also llama3.2-1b qwen2.5-0.5b
 #   FORMATS      files to bench [loupe-int8 loupe-f16 gguf-q8_0 gguf-f16]
 #   PP TG THREADS REPS   llama-bench style parameters [512 128 1,2 3]
+#   ROUNDS       interleaved loupe / llama.cpp rounds of the ab step [7]
 #   LLAMA_BENCH  path to a llama-bench binary: also runs it on the gguf files
 #   OUT          results dir [$MODELS_DIR/results/<date>]
 #   IDLE_MAX     most CPU (in % of all cores) others may use before a timed
@@ -40,6 +42,7 @@ PP=${PP:-512}
 TG=${TG:-128}
 THREADS=${THREADS:-1,2}
 REPS=${REPS:-3}
+ROUNDS=${ROUNDS:-7}
 LLAMA_BENCH=${LLAMA_BENCH:-}
 OUT=${OUT:-$MODELS_DIR/results/$(date +%Y%m%d-%H%M%S)}
 IDLE_MAX=${IDLE_MAX:-15}
@@ -227,6 +230,43 @@ step_bench() {
     done
 }
 
+# ------------------------------------------------------------ ab
+
+# Interleaved rounds: loupe and llama-bench take turns, one repetition each,
+# ROUNDS times per test, and each round gives a ratio. This host's memory
+# bandwidth drifts by up to 2x within minutes (bench/RESULTS.md), so two
+# engines timed minutes apart can differ by more than they really do; the
+# median of the per-round ratios cancels most of the drift. llama.cpp runs
+# on the GGUF file with the same weights (loupe-int8 -> gguf-q8_0).
+step_ab() {
+    [ -n "$LLAMA_BENCH" ] || die "the ab step needs LLAMA_BENCH"
+    local preset name fmt ref t test p n r f g
+    for t in ${THREADS//,/ }; do
+        for preset in $MODELS; do
+            name=$(model_name "$preset")
+            for test in pp tg; do
+                p=0 n=0
+                if [ "$test" = pp ]; then p=$PP; else n=$TG; fi
+                for fmt in $FORMATS; do
+                    case "$fmt" in *-int8 | *-q8_0) ref=gguf-q8_0 ;; *) ref=gguf-f16 ;; esac
+                    f=$(model_file "$name" "$fmt")
+                    g=$(model_file "$name" "$ref")
+                    [ -s "$OUT/ab-$name-$fmt-t$t-$test.jsonl" ] && continue
+                    wait_idle "ab $name $fmt t=$t $test" "$IDLE_MAX"
+                    log "ab: $(basename "$f") vs llama.cpp $(basename "$g") t=$t $test, $ROUNDS rounds"
+                    for r in $(seq "$ROUNDS"); do
+                        "$BUILD/loupe" bench -m "$f" -p "$p" -n "$n" -t "$t" -r 1 --json \
+                            2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "loupe", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
+                        "$LLAMA_BENCH" -m "$g" -p "$p" -n "$n" -t "$t" -r 1 -o json \
+                            2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "llama.cpp", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
+                    done > "$OUT/ab-$name-$fmt-t$t-$test.jsonl.part"
+                    mv "$OUT/ab-$name-$fmt-t$t-$test.jsonl.part" "$OUT/ab-$name-$fmt-t$t-$test.jsonl"
+                done
+            done
+        done
+    done
+}
+
 # ------------------------------------------------------------ rss
 
 # Peak RSS of a decode run: a short prompt, then TG tokens, 1 thread, the
@@ -359,13 +399,14 @@ for step in "${STEPS[@]}"; do
     case "$step" in
     prepare) for p in $MODELS; do prepare_model "$p"; done ;;
     bench) step_bench ;;
+    ab) step_ab ;;
     rss) step_rss ;;
     open) step_open ;;
     membw) step_membw ;;
     pool) step_pool ;;
     busy) step_busy ;;
     report) step_report ;;
-    *) die "unknown step '$step' (prepare membw bench rss open pool busy report)" ;;
+    *) die "unknown step '$step' (prepare membw bench ab rss open pool busy report)" ;;
     esac
 done
 log "results in $OUT"

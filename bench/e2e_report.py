@@ -123,6 +123,38 @@ def file_of(mdir, name, fmtname):
     return os.path.join(mdir, "%s-%s.%s" % (name, typ, kind))
 
 
+def ab_table(dirs, names, fmts, th, pp, tg):
+    """Rows of the interleaved step: ab-NAME-FMT-tT-TEST.jsonl, one record
+    per engine and round (later directories win)."""
+    rows = []
+    for n in names:
+        for f in fmts:
+            for test in ("pp", "tg"):
+                for t in th:
+                    path = find(dirs, "ab-%s-%s-t%d-%s.jsonl" % (n, f, t, test))
+                    if not os.path.exists(path):
+                        continue
+                    recs = [json.loads(x) for x in open(path) if x.strip()]
+                    by = {}
+                    for r in recs:
+                        by.setdefault(r["round"], {})[r["engine"]] = median_ts(r)
+                    pairs = [(v["loupe"], v["llama.cpp"]) for v in by.values()
+                             if "loupe" in v and "llama.cpp" in v]
+                    if not pairs:
+                        continue
+                    ratios = [x / y for x, y in pairs]
+                    ref = "gguf-q8_0" if f.endswith(("int8", "q8_0")) else "gguf-f16"
+                    rows.append([PRETTY[n], os.path.basename(file_of("", n, f)),
+                                 os.path.basename(file_of("", n, ref)),
+                                 "%s%d" % (test, pp if test == "pp" else tg), str(t),
+                                 str(len(pairs)),
+                                 fmt(statistics.median(x for x, _ in pairs), 2),
+                                 fmt(statistics.median(y for _, y in pairs), 2),
+                                 "%s (%s-%s)" % (fmt(statistics.median(ratios), 2),
+                                                 fmt(min(ratios), 2), fmt(max(ratios), 2))])
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out", nargs="+")
@@ -183,6 +215,14 @@ def main():
                          os.path.basename(file_of(a.models_dir, n, SAME_WEIGHTS[f]))] +
                         [ratio(("pp", t)) for t in th] + [ratio(("tg", t)) for t in th])
     print(table(head, rows) if rows else "(no llama-bench results)")
+
+    ab_rows = ab_table(a.out, names, fmts, th, pp, tg)
+    if ab_rows:
+        print("\n## Interleaved rounds: loupe ÷ llama.cpp, median of the per-round ratios\n")
+        print("(`e2e.sh ab`: one repetition of each engine per round; the range of the ratios "
+              "in brackets; tok/s are the medians of each engine's rounds)\n")
+        print(table(["model", "loupe file", "llama.cpp file", "test", "threads", "rounds",
+                     "loupe tok/s", "llama.cpp tok/s", "ratio (min-max)"], ab_rows))
 
     print("\n## Decode roofline (weight bytes per token ÷ bandwidth: %s)\n" %
           ", ".join("%g GB/s at %d thread%s" % (bw[t], t, "s" if t > 1 else "") for t in th))
