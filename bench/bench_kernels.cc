@@ -4,6 +4,7 @@
 //   gemv/<isa>/<dtype>/<model>.<matrix>     T = 1 (decode): weight GB/s
 //   gemm64/<isa>/<dtype>/<model>.<matrix>   T = 64 (prefill): GFLOP/s
 //   gemm512/<isa>/q8p/<model>.<matrix>      T = 512, packed int8 only
+//   gemm64|gemm512/avx512bf16/f16bf16/...   f16 weights in bf16 arithmetic
 //   <op>/<isa>/<model or n>                 vector ops, attention
 //   peak/vnni512/<chains>                   int8 ceiling (bench_vnni_peak.cc)
 //
@@ -130,6 +131,30 @@ void BM_matmul(benchmark::State &st, const lp_kernels *k, lp_dtype dt, MatShape 
     }
     using C = benchmark::Counter;
     st.counters["weights/s"] = C(weight_bytes, C::kIsIterationInvariantRate, C::OneK::kIs1000);
+    st.counters["FLOP/s"] = C(2.0 * T * nw, C::kIsIterationInvariantRate, C::OneK::kIs1000);
+}
+
+// ------------------------------------------- f16 weights, bf16 arithmetic
+
+// gemm_f16_bf16 (prefill only): X rounded to bf16 once, as forward.c does
+// per matmul call (that conversion is not timed: it is T*n_in elements
+// against T*n_in*n_out products).
+void BM_f16_bf16(benchmark::State &st, const lp_kernels *k, MatShape m, int T) {
+    const size_t nw = (size_t)m.n_in * m.n_out;
+    std::vector<float> X = rand_floats((size_t)T * m.n_in, 1), Y((size_t)T * m.n_out);
+    std::vector<uint16_t> Xb((size_t)T * m.n_in), W(nw);
+    k->f32_to_bf16(X.data(), Xb.data(), T * m.n_in);
+    std::vector<float> row(m.n_in);
+    for (int r = 0; r < m.n_out; r++) {
+        fill(row.data(), row.size(), 3 + r);
+        lp_kernels_scalar.f32_to_f16(row.data(), W.data() + (size_t)r * m.n_in, m.n_in);
+    }
+    for (auto _ : st) {
+        k->gemm_f16_bf16(T, m.n_in, Xb.data(), W.data(), Y.data(), m.n_out, 0, m.n_out);
+        benchmark::DoNotOptimize(Y.data());
+        benchmark::ClobberMemory();
+    }
+    using C = benchmark::Counter;
     st.counters["FLOP/s"] = C(2.0 * T * nw, C::kIsIterationInvariantRate, C::OneK::kIs1000);
 }
 
@@ -280,6 +305,16 @@ void register_all() {
         const lp_kernels *k = lp_kern_get(*name);
         if (!k) continue;
         const std::string isa = *name;
+        if (k->gemm_f16_bf16) { // the avx512 table plus this kernel: only it is new
+            for (int T : {64, 512})
+                for (const MatShape &m : kMatrices)
+                    benchmark::RegisterBenchmark(("gemm" + std::to_string(T) + "/" + isa +
+                                                  "/f16bf16/" + m.model + "." + m.matrix)
+                                                     .c_str(),
+                                                 BM_f16_bf16, k, m, T)
+                        ->Unit(benchmark::kMicrosecond);
+            continue;
+        }
         for (int T : {1, 64})
             for (lp_dtype dt : {LP_F32, LP_F16, LP_Q8})
                 for (const MatShape &m : kMatrices) {

@@ -35,6 +35,18 @@ extern const lp_kernels lp_kernels_avx2;
 #ifdef LP_HAVE_AVX512
 extern const lp_kernels lp_kernels_avx512;
 #endif
+#ifdef LP_HAVE_AVX512BF16
+/* The avx512 table plus bf16 prefill (simd/avx512_bf16.c), built on first
+ * use: it differs from lp_kernels_avx512 only in the bf16 entries. */
+void lp_avx512bf16_fill(lp_kernels *k);
+static lp_kernels g_avx512bf16;
+static pthread_once_t g_avx512bf16_once = PTHREAD_ONCE_INIT;
+static void make_avx512bf16(void) {
+    g_avx512bf16 = lp_kernels_avx512;
+    g_avx512bf16.name = "avx512bf16";
+    lp_avx512bf16_fill(&g_avx512bf16);
+}
+#endif
 #ifdef LP_HAVE_NEON
 extern const lp_kernels lp_kernels_neon;     /* armv8-a ASIMD only */
 extern const lp_kernels lp_kernels_neon_dot; /* same, gemm_q8 uses sdot */
@@ -129,7 +141,7 @@ static void detect_arm(lp_cpu *c) {
 
 /* Every name loupe knows, best first; a name whose table is not compiled
  * into this build is known but never runnable. */
-static const char *const all_isas[] = {"avx512", "avx2", "neon", "scalar"};
+static const char *const all_isas[] = {"avx512bf16", "avx512", "avx2", "neon", "scalar"};
 enum { N_ISAS = sizeof all_isas / sizeof all_isas[0] };
 
 static lp_cpu g_cpu;
@@ -143,13 +155,14 @@ static void missing_features(const char *name, char *buf, size_t cap) {
     if (!(cond) && n < cap) n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", what)
     if (!strcmp(name, "scalar")) return;
 #ifdef LP_X86
-    if (!strcmp(name, "avx2") || !strcmp(name, "avx512")) {
+    const int is_avx512 = !strcmp(name, "avx512") || !strcmp(name, "avx512bf16");
+    if (!strcmp(name, "avx2") || is_avx512) {
         NEED(c->avx2, "avx2");
         NEED(c->fma, "fma");
         NEED(c->f16c, "f16c");
         NEED(c->os_ymm, "OS ymm state (XCR0)");
     }
-    if (!strcmp(name, "avx512")) {
+    if (is_avx512) {
         NEED(c->avx512f, "avx512f");
         NEED(c->avx512bw, "avx512bw");
         NEED(c->avx512vl, "avx512vl");
@@ -157,11 +170,15 @@ static void missing_features(const char *name, char *buf, size_t cap) {
         NEED(c->avx512vnni, "avx512_vnni");
         NEED(c->os_zmm, "OS zmm state (XCR0)");
     }
+    if (!strcmp(name, "avx512bf16")) NEED(c->avx512bf16, "avx512_bf16");
 #ifndef LP_HAVE_AVX2
     if (!strcmp(name, "avx2")) NEED(0, "table not compiled in");
 #endif
 #ifndef LP_HAVE_AVX512
     if (!strcmp(name, "avx512")) NEED(0, "table not compiled in");
+#endif
+#if !defined(LP_HAVE_AVX512) || !defined(LP_HAVE_AVX512BF16)
+    if (!strcmp(name, "avx512bf16")) NEED(0, "table not compiled in");
 #endif
     if (!strcmp(name, "neon")) NEED(0, "an ARM CPU");
 #elif defined(LP_ARM)
@@ -169,7 +186,8 @@ static void missing_features(const char *name, char *buf, size_t cap) {
 #ifndef LP_HAVE_NEON
     if (!strcmp(name, "neon")) NEED(0, "table not compiled in");
 #endif
-    if (!strcmp(name, "avx2") || !strcmp(name, "avx512")) NEED(0, "an x86-64 CPU");
+    if (!strcmp(name, "avx2") || !strcmp(name, "avx512") || !strcmp(name, "avx512bf16"))
+        NEED(0, "an x86-64 CPU");
 #else
     if (strcmp(name, "scalar")) NEED(0, "a supported architecture");
 #endif
@@ -191,6 +209,12 @@ static const lp_kernels *table_of(const char *name) {
 #endif
 #ifdef LP_HAVE_AVX512
     if (!strcmp(name, "avx512")) return &lp_kernels_avx512;
+#endif
+#if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16)
+    if (!strcmp(name, "avx512bf16")) {
+        pthread_once(&g_avx512bf16_once, make_avx512bf16);
+        return &g_avx512bf16;
+    }
 #endif
 #ifdef LP_HAVE_NEON
     if (!strcmp(name, "neon")) return g_cpu.asimddp ? &lp_kernels_neon_dot : &lp_kernels_neon;
@@ -296,6 +320,9 @@ int lp_kern_force(const char *name) {
 
 const char *const *lp_kern_names(void) {
     static const char *const names[] = {
+#if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16)
+        "avx512bf16",
+#endif
 #ifdef LP_HAVE_AVX512
         "avx512",
 #endif
@@ -363,6 +390,8 @@ size_t lp_cpu_report(char *buf, size_t cap) {
     if (cur == &lp_kernels_neon_dot) sb_printf(&s, ", int8 matmul uses sdot");
     else if (cur == &lp_kernels_neon) sb_printf(&s, ", int8 matmul without sdot");
 #endif
+    if (cur->gemm_f16_bf16)
+        sb_printf(&s, "; f16 weights in prefill computed in bf16 (LOUPE_ISA=avx512: exact f16)");
     sb_printf(&s, "\n");
     return s.len;
 }
@@ -377,7 +406,8 @@ loupe_status loupe_set_isa(const char *name) {
     canonical(name, buf, sizeof buf);
     int rc = lp_kern_force(buf);
     if (rc == -1)
-        return lp_fail(LOUPE_ERR_ISA, "ISA '%s' is unknown (known: avx512, avx2, neon, scalar)",
+        return lp_fail(LOUPE_ERR_ISA,
+                       "ISA '%s' is unknown (known: avx512bf16, avx512, avx2, neon, scalar)",
                        name);
     if (rc == -2) {
         missing_features(buf, miss, sizeof miss);

@@ -82,6 +82,15 @@ typedef struct lp_kernels {
                      int n_out, float *Y, int ldy, int g0, int g1);
     /* One activation row x (n) -> qs (n), d (n/32), corr (n/32). */
     void (*quantize_q8a)(const float *x, int n, int8_t *qs, float *d, int32_t *corr);
+    /* f16 weights in bf16 arithmetic, for prefill: Y[t, r] = sum_i Xb[t, i]
+     * * bf16(W[r, i]), Xb (T, n_in) bf16 from f32_to_bf16, each f16 weight
+     * rounded to bf16 (nearest even), products exact, sums in f32 (the
+     * semantics of vdpbf16ps and of AMX bf16 tiles). n_in % 32 == 0. NULL
+     * in tables that compute f16 matmuls exactly (all but avx512bf16). */
+    void (*gemm_f16_bf16)(int T, int n_in, const uint16_t *Xb, const uint16_t *W,
+                          float *Y, int ldy, int r0, int r1);
+    /* x (n) f32 -> bf16, nearest even; NULL where gemm_f16_bf16 is. */
+    void (*f32_to_bf16)(const float *x, uint16_t *y, int n);
 
     /* ---- attention heads [h0, h1) of one call */
     void (*attention)(const lp_attn_args *a, int h0, int h1);
@@ -107,6 +116,14 @@ typedef struct lp_kernels {
 
 /* The scalar reference table; always available. */
 extern const lp_kernels lp_kernels_scalar;
+
+/* Reference twins of the bf16 entries (not in the scalar table, which
+ * computes f16 matmuls exactly): what the avx512bf16 table is tested
+ * against. Denormal bf16 values count as zero, as in vdpbf16ps. */
+uint16_t lp_ref_bf16_round(float f);
+void lp_ref_f32_to_bf16(const float *x, uint16_t *y, int n);
+void lp_ref_gemm_f16_bf16(int T, int n_in, const uint16_t *Xb, const uint16_t *W, float *Y,
+                          int ldy, int r0, int r1);
 
 /* The table in use: chosen on first call from CPU features and LOUPE_ISA. */
 const lp_kernels *lp_kern(void);

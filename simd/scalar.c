@@ -9,6 +9,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <string.h>
 
 /* ------------------------------------------------------------------ gemm */
 
@@ -267,6 +268,44 @@ static void f16_to_f32(const uint16_t *x, float *y, int n) {
 
 static void f32_to_f16(const float *x, uint16_t *y, int n) {
     for (int i = 0; i < n; i++) y[i] = lp_f32_to_f16(x[i]);
+}
+
+/* ------------------------------------------------------------------ bf16 */
+
+/* f32 -> bf16, round to nearest even; NaN stays a (quiet) NaN; a denormal
+ * input gives a signed zero, as vcvtne2ps2bf16 does. */
+uint16_t lp_ref_bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void lp_ref_f32_to_bf16(const float *x, uint16_t *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = lp_ref_bf16_round(x[i]);
+}
+
+/* Products of two bf16 values are exact in f32 and in double; the sum is
+ * taken in double here, so the kernel's f32 sums differ from it only by
+ * their own rounding (the tolerance of test_kernels). */
+void lp_ref_gemm_f16_bf16(int T, int n_in, const uint16_t *Xb, const uint16_t *W, float *Y,
+                          int ldy, int r0, int r1) {
+    for (int t = 0; t < T; t++) {
+        const uint16_t *x = Xb + (size_t)t * n_in; // (n_in)
+        for (int r = r0; r < r1; r++) {
+            const uint16_t *w = W + (size_t)r * n_in; // (n_in)
+            double acc = 0.0;
+            for (int i = 0; i < n_in; i++) {
+                float xv = lp_bf16_to_f32(x[i]);
+                float wv = lp_bf16_to_f32(lp_ref_bf16_round(lp_f16_to_f32(w[i])));
+                if (fpclassify(xv) == FP_SUBNORMAL) xv = 0.0f;
+                acc += (double)xv * (double)wv;
+            }
+            Y[(size_t)t * ldy + r] = (float)acc;
+        }
+    }
 }
 
 /* ----------------------------------------------------------------- table */

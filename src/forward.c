@@ -25,9 +25,15 @@
  * round trip for Q, K and V (and one for gate and up), not three. */
 #define LP_MATMUL_MAX 3
 
+/* f16 matmuls of at least this many tokens run in bf16 arithmetic where
+ * the table offers it (gemm_f16_bf16): below it, packing each weight tile
+ * for the bf16 kernel costs more than the faster products save. */
+#define LP_BF16_MIN_T 32
+
 typedef struct {
     const lp_kernels *k;
     const float *X;
+    const uint16_t *Xb; /* X rounded to bf16, for LP_F16 in bf16; else NULL */
     lp_q8_act act;     /* X quantized, for LP_Q8P */
     int T;
     int n;             /* products */
@@ -52,6 +58,7 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
     if (b > lp_mat_units(W)) b = lp_mat_units(W);
     if (W->type == LP_Q8P) j->k->gemm_q8p(j->T, W->cols, &j->act, W->data, W->rows, Y, ldy, a, b);
     else if (W->type == LP_F32) j->k->gemm_f32(j->T, W->cols, j->X, W->data, Y, ldy, a, b);
+    else if (j->Xb) j->k->gemm_f16_bf16(j->T, W->cols, j->Xb, W->data, Y, ldy, a, b);
     else j->k->gemm_f16(j->T, W->cols, j->X, W->data, Y, ldy, a, b); /* LP_F16 */
 }
 
@@ -70,6 +77,19 @@ static void lp_quant_task(void *ctx, int t, int thread) {
     size_t nb = (size_t)(j->n / LP_QK8);
     j->k->quantize_q8a(j->X + (size_t)t * j->n, j->n, j->qs + (size_t)t * j->n, j->d + t * nb,
                        j->corr + t * nb);
+}
+
+typedef struct {
+    const lp_kernels *k;
+    const float *X; /* (T, n) */
+    int n;
+    uint16_t *Xb;   /* (T, n) */
+} lp_bf16_job;
+
+static void lp_bf16_task(void *ctx, int t, int thread) {
+    (void)thread;
+    const lp_bf16_job *j = ctx;
+    j->k->f32_to_bf16(j->X + (size_t)t * j->n, j->Xb + (size_t)t * j->n, j->n);
 }
 
 /* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
@@ -97,13 +117,21 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     for (int p = 0; p < n; p++) macs += (size_t)out[p].W->rows * W0->cols * T;
     /* a small product is not worth waking other threads for */
     int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
-    lp_matmul_job j = {k, X, {s->xq, s->xq_d, s->xq_corr}, T, n, {{0}}, {0}, {0}};
+    lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr}, T, n, {{0}}, {0}, {0}};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
         lp_quant_job qj = {k, X, W0->cols, s->xq, s->xq_d, s->xq_corr};
         if (n_threads == 1)
             for (int t = 0; t < T; t++) lp_quant_task(&qj, t, 0);
         else
             lp_pool_run(s->pool, T, lp_quant_task, &qj);
+    } else if (W0->type == LP_F16 && k->gemm_f16_bf16 && T >= LP_BF16_MIN_T &&
+               W0->cols % 32 == 0) { /* round each activation row to bf16 once */
+        lp_bf16_job bj = {k, X, W0->cols, s->xb16};
+        if (n_threads == 1)
+            for (int t = 0; t < T; t++) lp_bf16_task(&bj, t, 0);
+        else
+            lp_pool_run(s->pool, T, lp_bf16_task, &bj);
+        j.Xb = s->xb16;
     }
     for (int p = 0; p < n; p++) {
         j.out[p] = out[p];

@@ -57,7 +57,8 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->hb = lp_calloc_floats(T * hp->ffn_dim);
     s->hb2 = lp_calloc_floats(T * hp->ffn_dim);
     s->proj = lp_calloc_floats(T * hp->dim);
-    s->xq = calloc(T * wide, sizeof(int8_t));
+    s->xq = calloc(T * wide, sizeof(uint16_t)); /* also the bf16 rows, xb16 */
+    s->xb16 = (uint16_t *)(void *)s->xq;
     s->xq_d = lp_calloc_floats(T * (wide / LP_QK8 + 1));
     s->xq_corr = calloc(T * (wide / LP_QK8 + 1), sizeof(int32_t));
     s->attn_scratch = lp_calloc_floats((size_t)lp_pool_size(s->pool) * n_ctx);

@@ -41,6 +41,10 @@ struct loupe_session {
     int8_t *xq;      /* (T, n) */
     float *xq_d;     /* (T, n/32) */
     int32_t *xq_corr;/* (T, n/32) */
+    /* ... or rounded to bf16 for f16 weights in prefill (gemm_f16_bf16):
+     * the same memory as xq (allocated for 2 bytes per element), since one
+     * matmul uses one of them */
+    uint16_t *xb16;  /* (T, n) */
     float *attn_scratch; /* (n_threads, n_ctx) */
     float *logits;  /* (n_vocab) last position */
     /* hooks */

@@ -143,6 +143,72 @@ static void case_gemm_f16(const lp_kernels *k, check_ctx *c, rng *g) {
             }
 }
 
+/* bf16 prefill (tables that have it): against the reference twin, which
+ * rounds the same way and sums in double. n_in % 32 == 0; shapes cross the
+ * kernel's 512-column chunks, 6-token tiles and 16-row groups. */
+static const int BF16_N[] = {32, 64, 96, 512, 544, 1056};
+static const int BF16_T[] = {1, 5, 6, 7, 13};
+static const int BF16_ROWS[][3] = {{13, 0, 13}, {40, 0, 40}, {40, 16, 37}, {64, 0, 64}, {9, 5, 6}};
+
+static void case_gemm_f16_bf16(const lp_kernels *k, check_ctx *c, rng *g) {
+    for (int a = 0; a < COUNT(BF16_N); a++)
+        for (int b = 0; b < COUNT(BF16_T); b++)
+            for (int rr = 0; rr < COUNT(BF16_ROWS); rr++) {
+                const int n = BF16_N[a], T = BF16_T[b], n_out = BF16_ROWS[rr][0];
+                const int r0 = BF16_ROWS[rr][1], r1 = BF16_ROWS[rr][2], ldy = n_out + 3;
+                float *X = rand_vec(g, T * n, -1, 1);
+                uint16_t *Xb = malloc((size_t)T * n * 2), *aXb = malloc((size_t)T * n * 2);
+                uint16_t *W = malloc((size_t)n_out * n * 2), *aW = malloc((size_t)n_out * n * 2);
+                lp_ref_f32_to_bf16(X, Xb, T * n);
+                for (int i = 0; i < T * n; i++) aXb[i] = Xb[i] & 0x7fff;
+                for (int i = 0; i < n_out * n; i++) {
+                    W[i] = lp_f32_to_f16(rng_f(g, -1, 1));
+                    aW[i] = W[i] & 0x7fff;
+                }
+                float *want = fill_vec(T * ldy, SENTINEL), *got = fill_vec(T * ldy, SENTINEL);
+                float *absY = fill_vec(T * ldy, 0);
+                lp_ref_gemm_f16_bf16(T, n, Xb, W, want, ldy, r0, r1);
+                lp_ref_gemm_f16_bf16(T, n, aXb, aW, absY, ldy, r0, r1);
+                k->gemm_f16_bf16(T, n, Xb, W, got, ldy, r0, r1);
+                double *sc = gemm_scale(T, ldy, r0, r1, absY);
+                snprintf(c->shape, sizeof c->shape, "T=%d n_in=%d rows=[%d,%d)", T, n, r0, r1);
+                check(c, got, want, sc, T * ldy);
+                free(X), free(Xb), free(aXb), free(W), free(aW), free(want), free(got);
+                free(absY), free(sc);
+            }
+}
+
+/* Values around rounding ties, tiny and huge ones, infinities and NaN. */
+static void case_f32_to_bf16(const lp_kernels *k, check_ctx *c, rng *g) {
+    for (int a = 0; a < COUNT(VEC_N); a++) {
+        const int n = VEC_N[a];
+        float *x = rand_vec(g, n, -3, 3);
+        for (int i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            switch (i % 8) {
+            case 1: u = (u & 0xffff0000u) | 0x8000u; break; /* an exact tie */
+            case 2: u = (u & 0xffff0000u) | 0x7fffu; break;
+            case 3: u = (u & 0x807fffffu) | 0x7f000000u; break; /* ~1.7e38: may round to inf */
+            case 5: u = (u & 0x807fffffu) | 0x00800000u; break; /* smallest normals */
+            default: break;
+            }
+            memcpy(&x[i], &u, 4);
+        }
+        if (n > 4) x[4] = INFINITY, x[n - 1] = -INFINITY, x[n / 2] = NAN;
+        uint16_t *want = malloc((size_t)(n + PAD) * 2), *got = malloc((size_t)(n + PAD) * 2);
+        for (int i = 0; i < n + PAD; i++) want[i] = got[i] = 0x1234;
+        lp_ref_f32_to_bf16(x, want, n);
+        k->f32_to_bf16(x, got, n);
+        float *fw = malloc((size_t)(n + PAD) * 4), *fg = malloc((size_t)(n + PAD) * 4);
+        for (int i = 0; i < n + PAD; i++) fw[i] = lp_bf16_to_f32(want[i]), fg[i] = lp_bf16_to_f32(got[i]);
+        double *sc = dvec(n + PAD);
+        snprintf(c->shape, sizeof c->shape, "n=%d", n);
+        check(c, fg, fw, sc, n + PAD);
+        free(x), free(want), free(got), free(fw), free(fg), free(sc);
+    }
+}
+
 /* Random int8 blocks in [-127, 127] with positive fp16 scales. */
 static lp_block_q8 *rand_q8(rng *g, int n_blocks) {
     lp_block_q8 *b = malloc((size_t)n_blocks * sizeof *b);
@@ -645,6 +711,17 @@ static const kernel_case CASES[] = {
      "IEEE round-to-nearest-even is unique (NaN payloads aside)"},
 };
 
+/* Only in tables with gemm_f16_bf16 (avx512bf16); against the reference
+ * twins lp_ref_*, not the scalar table (which computes f16 exactly). */
+static const kernel_case BF16_CASES[] = {
+    {"gemm_f16_bf16", case_gemm_f16_bf16, 4e-6,
+     "against lp_ref_gemm_f16_bf16 (same bf16 rounding of x and w, exact products, "
+     "double sum): only the kernel's f32 sums differ, a few eps of sum|x w|; the "
+     "bf16 rounding itself (2^-9 relative per operand) is the design, not error"},
+    {"f32_to_bf16", case_f32_to_bf16, 0.0,
+     "round to nearest even is unique; denormals to signed zero, NaN stays NaN"},
+};
+
 static void test_kernels_vs_scalar(void **state) {
     (void)state;
     int total_fails = 0, n_tables = 0;
@@ -656,14 +733,16 @@ static void test_kernels_vs_scalar(void **state) {
         }
         n_tables++;
         if (k == &lp_kernels_scalar) continue;
-        for (int i = 0; i < COUNT(CASES); i++) {
-            check_ctx c = {.isa = *name, .kern = CASES[i].name, .tol = CASES[i].tol};
+        const int n_bf16 = k->gemm_f16_bf16 ? COUNT(BF16_CASES) : 0;
+        for (int i = 0; i < COUNT(CASES) + n_bf16; i++) {
+            const kernel_case *kc = i < COUNT(CASES) ? &CASES[i] : &BF16_CASES[i - COUNT(CASES)];
+            check_ctx c = {.isa = *name, .kern = kc->name, .tol = kc->tol};
             rng g = {0x9e3779b97f4a7c15ull + (uint64_t)i};
-            CASES[i].run(k, &c, &g);
-            if (c.fails) print_message("%s/%s: %d mismatches (tol %g: %s)\n", *name,
-                                       CASES[i].name, c.fails, CASES[i].tol, CASES[i].why);
-            else print_message("%s/%-11s ok, worst error %.2g (tol %g)\n", *name,
-                               CASES[i].name, c.worst, CASES[i].tol);
+            kc->run(k, &c, &g);
+            if (c.fails) print_message("%s/%s: %d mismatches (tol %g: %s)\n", *name, kc->name,
+                                       c.fails, kc->tol, kc->why);
+            else print_message("%s/%-11s ok, worst error %.2g (tol %g)\n", *name, kc->name,
+                               c.worst, kc->tol);
             total_fails += c.fails;
         }
     }
@@ -718,6 +797,39 @@ static void test_scalar_f16(void **state) {
         s->f32_to_f16(&f, &back, 1);
         assert_int_equal(back, h);
     }
+}
+
+/* The bf16 reference against values worked out from the format (1 sign,
+ * 8 exponent, 7 fraction bits) and a product computed by hand. */
+static void test_scalar_bf16(void **state) {
+    (void)state;
+    static const struct { float f; uint16_t h; } known[] = {
+        {1.0f, 0x3f80}, {-2.0f, 0xc000},
+        {1.00390625f, 0x3f80},   /* 1 + 2^-8: a tie, to the even 1.0 */
+        {1.01171875f, 0x3f82},   /* 1 + 3*2^-8: a tie, to the even 1 + 2^-6 */
+        {0x1.0101p+0f, 0x3f81},  /* 1 + 2^-8 + 2^-16, just above the tie: up */
+        {3.38953139e38f, 0x7f7f}, /* the largest bf16 */
+        {3.4e38f, 0x7f80},        /* past (2 - 2^-8) * 2^127, the tie with inf: inf */
+        {1e-40f, 0x0000}, {-1e-40f, 0x8000}, /* denormal: signed zero */
+        {INFINITY, 0x7f80}};
+    for (int i = 0; i < COUNT(known); i++) {
+        if (lp_ref_bf16_round(known[i].f) != known[i].h)
+            print_message("bf16(%.9g) = %04x, want %04x\n", known[i].f,
+                          lp_ref_bf16_round(known[i].f), known[i].h);
+        assert_int_equal(lp_ref_bf16_round(known[i].f), known[i].h);
+    }
+    const uint16_t nan = lp_ref_bf16_round(NAN);
+    assert_true((nan & 0x7f80) == 0x7f80 && (nan & 0x7f) != 0);
+    /* x = (1 + 2^-8, 2) -> bf16 (1, 2); w = f16 (1 + 2^-10, 0.5) -> bf16
+     * (1, 0.5): y = 1 + 1 = 2 exactly (exact f16 arithmetic would give
+     * 2.0048866...) */
+    const float x[2] = {1.00390625f, 2.0f};
+    uint16_t xb[2];
+    lp_ref_f32_to_bf16(x, xb, 2);
+    const uint16_t w[2] = {lp_f32_to_f16(1.0009765625f), lp_f32_to_f16(0.5f)};
+    float y = 0;
+    lp_ref_gemm_f16_bf16(1, 2, xb, w, &y, 1, 0, 1);
+    assert_true(y == 2.0f);
 }
 
 static void test_scalar_math(void **state) {
@@ -1125,6 +1237,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_scalar_f16),
+        cmocka_unit_test(test_scalar_bf16),
         cmocka_unit_test(test_scalar_math),
         cmocka_unit_test(test_scalar_rope),
         cmocka_unit_test(test_scalar_q8),

@@ -21,6 +21,10 @@ Usage:
       writes (T, n_vocab) float32 little-endian logits
   reference.py greedy MODEL_DIR --ids 1,2,3 --n 80
       prints the greedy continuation ids, space separated
+  --bf16-matmul (Llama family): every linear layer and the head take their
+      input and weight rounded to bfloat16 (nearest even, via float32), then
+      multiply in float64: what loupe's avx512bf16 kernels compute for f16
+      weights in prefill.
 """
 import argparse
 import json
@@ -117,6 +121,20 @@ def apply_rope(x, inv_freq):
     out[..., :d] = r * cos + rot_half * sin
     return out
 
+BF16_MATMUL = False  # --bf16-matmul
+
+
+def bf16(a):
+    """a rounded to bfloat16 (nearest even, through float32), as float64."""
+    u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def matmul_t(x, w):
+    """x @ w.T, in bfloat16 inputs under --bf16-matmul."""
+    return bf16(x) @ bf16(w).T if BF16_MATMUL else x @ w.T
+
 # ------------------------------------------------------------------ model
 
 
@@ -175,7 +193,7 @@ class Model:
 
     # ---- Llama family
     def _linear(self, x, name):
-        y = x @ self.get(name + ".weight").T
+        y = matmul_t(x, self.get(name + ".weight"))
         if name + ".bias" in self.w:
             y = y + self.w[name + ".bias"]
         return y
@@ -209,7 +227,7 @@ class Model:
         x = rms_norm(x, self.get("model.norm.weight"), eps)
         tied = c.get("tie_word_embeddings", False)
         head = self.get("model.embed_tokens.weight") if tied else self.get("lm_head.weight")
-        return x @ head.T
+        return matmul_t(x, head)
 
 
 def greedy(model, ids, n):
@@ -242,7 +260,10 @@ def main():
     ap.add_argument("--ids")
     ap.add_argument("--ids-file")
     ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--bf16-matmul", action="store_true")
     args = ap.parse_args()
+    global BF16_MATMUL
+    BF16_MATMUL = args.bf16_matmul
     ids = parse_ids(args)
     if not ids:
         ap.error("no token ids given")
