@@ -8,6 +8,7 @@ pkgs=(
   libcmocka-dev libbenchmark-dev libsleef-dev libpcre2-dev libcjson-dev
   libmicrohttpd-dev libpng-dev
   python3 python3-numpy python3-jinja2 wrk tmux curl time
+  util-linux-extra  # fincore: page-cache residency (tests/test_quantize.c)
   chromium  # headless browser for the HTML report checks of tests/interp_test.sh
 )
 # clang with the libFuzzer runtime (.ci/fuzz.sh) and valgrind (.ci/valgrind.sh).
