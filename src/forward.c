@@ -92,6 +92,15 @@ static void lp_bf16_task(void *ctx, int t, int thread) {
     j->k->f32_to_bf16(j->X + (size_t)t * j->n, j->Xb + (size_t)t * j->n, j->n);
 }
 
+/* Tasks [0, n) of fn: on the calling thread when n_threads is 1 (not worth
+ * a pool round trip), else on the pool. */
+static void lp_run_tasks(loupe_session *s, int n_threads, int n, lp_task_fn fn, void *ctx) {
+    if (n_threads == 1)
+        for (int i = 0; i < n; i++) fn(ctx, i, 0);
+    else
+        lp_pool_run(s->pool, n, fn, ctx);
+}
+
 /* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
  * of 16; int8 groups in multiples of 4 (64 rows), so a kernel that blocks
  * groups pairs the same ones whatever the thread count. */
@@ -120,17 +129,11 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr}, T, n, {{0}}, {0}, {0}};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
         lp_quant_job qj = {k, X, W0->cols, s->xq, s->xq_d, s->xq_corr};
-        if (n_threads == 1)
-            for (int t = 0; t < T; t++) lp_quant_task(&qj, t, 0);
-        else
-            lp_pool_run(s->pool, T, lp_quant_task, &qj);
+        lp_run_tasks(s, n_threads, T, lp_quant_task, &qj);
     } else if (W0->type == LP_F16 && k->gemm_f16_bf16 && T >= LP_BF16_MIN_T &&
                W0->cols % 32 == 0) { /* round each activation row to bf16 once */
         lp_bf16_job bj = {k, X, W0->cols, s->xb16};
-        if (n_threads == 1)
-            for (int t = 0; t < T; t++) lp_bf16_task(&bj, t, 0);
-        else
-            lp_pool_run(s->pool, T, lp_bf16_task, &bj);
+        lp_run_tasks(s, n_threads, T, lp_bf16_task, &bj);
         j.Xb = s->xb16;
     }
     for (int p = 0; p < n; p++) {
@@ -139,10 +142,7 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
         int units = lp_mat_units(out[p].W);
         j.first_task[p + 1] = j.first_task[p] + (units + j.per_task[p] - 1) / j.per_task[p];
     }
-    if (n_threads == 1)
-        for (int i = 0; i < j.first_task[n]; i++) lp_matmul_task(&j, i, 0);
-    else
-        lp_pool_run(s->pool, j.first_task[n], lp_matmul_task, &j);
+    lp_run_tasks(s, n_threads, j.first_task[n], lp_matmul_task, &j);
 }
 
 void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const lp_mat *W) {
@@ -269,10 +269,8 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
         j.a.probs_ld = n_keys;
     }
     size_t attn_macs = (size_t)hp->n_heads * T * n_keys * D * 2;
-    if (attn_macs < LP_MIN_PARALLEL_MACS)
-        for (int h = 0; h < hp->n_heads; h++) lp_attn_task(&j, h, 0);
-    else
-        lp_pool_run(s->pool, hp->n_heads, lp_attn_task, &j);
+    lp_run_tasks(s, attn_macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool), hp->n_heads,
+                 lp_attn_task, &j);
     if (want_pattern && lp_hooks_fire(s, LOUPE_HOOK_ATTN_PATTERN, l, pos0, T, n_keys,
                                       hp->n_heads, s->pattern))
         return 1;
