@@ -231,7 +231,7 @@ void BM_attention(benchmark::State &st, const lp_kernels *k, AttnShape a, lp_dty
     std::vector<uint16_t> kh(kf.size()), vh(vf.size());
     lp_kernels_scalar.f32_to_f16(kf.data(), kh.data(), (int)kf.size());
     lp_kernels_scalar.f32_to_f16(vf.data(), vh.data(), (int)vf.size());
-    std::vector<float> scratch(n_ctx);
+    std::vector<float> scratch(lp_attn_scratch_floats(n_ctx, a.head_dim));
     lp_attn_args args = {};
     args.T = T, args.pos0 = pos0, args.n_heads = a.n_heads, args.n_kv_heads = a.n_kv_heads;
     args.head_dim = a.head_dim, args.scale = 1.0f / std::sqrt((float)a.head_dim);

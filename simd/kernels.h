@@ -57,8 +57,24 @@ typedef struct {
     float *probs;         /* optional (n_heads, T, probs_ld) softmax weights;
                              NULL = not wanted (costs nothing) */
     int probs_ld;         /* row stride of probs, >= pos0+T */
-    float *scratch;       /* per-thread scratch, >= pos0+T floats */
+    float *scratch;       /* per-thread scratch of lp_attn_scratch_floats(pos0+T,
+                             head_dim) floats, 64-byte aligned */
 } lp_attn_args;
+
+/* Blocked prefill attention (avx512.c) takes LP_ATTN_QB queries at a time,
+ * one per vector lane, and copies keys and values LP_ATTN_KC at a time. */
+#define LP_ATTN_QB 16
+#define LP_ATTN_KC 64
+
+/* Floats of scratch one thread needs for an attention call over n_keys
+ * keys, in any table: scores (n_keys rounded up to LP_ATTN_KC, QB), queries
+ * and outputs transposed (2, head_dim rounded up to 16, QB), one chunk of
+ * keys or values (KC, head_dim rounded up to 16). A multiple of 16. */
+static inline size_t lp_attn_scratch_floats(int n_keys, int head_dim) {
+    const size_t hdp = ((size_t)head_dim + 15) / 16 * 16;
+    const size_t keys = ((size_t)n_keys + LP_ATTN_KC - 1) / LP_ATTN_KC * LP_ATTN_KC;
+    return keys * LP_ATTN_QB + 2 * hdp * LP_ATTN_QB + (size_t)LP_ATTN_KC * hdp;
+}
 
 typedef struct lp_kernels {
     const char *name; /* "scalar", "avx2", "avx512", "neon" */

@@ -195,14 +195,14 @@ static void lp_rope_rows(const loupe_model *m, float *q, float *kk, int T, int p
 
 typedef struct {
     lp_attn_args a;
-    float *scratch; /* (n_threads, n_ctx) */
-    int n_ctx;
+    float *scratch; /* (n_threads, scratch_ld) */
+    size_t scratch_ld;
 } lp_attn_job;
 
 static void lp_attn_task(void *ctx, int h, int thread) {
     lp_attn_job *j = ctx;
     lp_attn_args a = j->a;
-    a.scratch = j->scratch + (size_t)thread * j->n_ctx;
+    a.scratch = j->scratch + (size_t)thread * j->scratch_ld;
     lp_kern()->attention(&a, h, h + 1);
 }
 
@@ -260,7 +260,7 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     j.a.kv_type = s->kv_type;
     j.a.out = s->att;
     j.scratch = s->attn_scratch;
-    j.n_ctx = s->n_ctx;
+    j.scratch_ld = s->attn_scratch_ld;
     int n_keys = pos0 + T;
     int want_pattern = lp_hooks_want(s, LOUPE_HOOK_ATTN_PATTERN, l) &&
                        lp_reserve_pattern(s, (size_t)hp->n_heads * T * n_keys);

@@ -61,7 +61,8 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->xb16 = (uint16_t *)(void *)s->xq;
     s->xq_d = lp_calloc_floats(T * (wide / LP_QK8 + 1));
     s->xq_corr = calloc(T * (wide / LP_QK8 + 1), sizeof(int32_t));
-    s->attn_scratch = lp_calloc_floats((size_t)lp_pool_size(s->pool) * n_ctx);
+    s->attn_scratch_ld = lp_attn_scratch_floats(n_ctx, hp->head_dim);
+    s->attn_scratch = aligned_alloc(64, (size_t)lp_pool_size(s->pool) * s->attn_scratch_ld * sizeof(float));
     s->logits = lp_calloc_floats((size_t)hp->n_vocab);
     if (!s->pool || !s->k_cache || !s->v_cache || !s->kbuf || !s->vbuf || !s->history || !s->x || !s->xn ||
         !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !s->xq || !s->xq_d || !s->xq_corr ||

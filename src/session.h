@@ -45,7 +45,8 @@ struct loupe_session {
      * the same memory as xq (allocated for 2 bytes per element), since one
      * matmul uses one of them */
     uint16_t *xb16;  /* (T, n) */
-    float *attn_scratch; /* (n_threads, n_ctx) */
+    float *attn_scratch; /* (n_threads, attn_scratch_ld), 64-byte aligned */
+    size_t attn_scratch_ld; /* lp_attn_scratch_floats(n_ctx, head_dim), a multiple of 16 */
     float *logits;  /* (n_vocab) last position */
     /* hooks */
     lp_hook *hooks;

@@ -430,7 +430,11 @@ static void case_quantize_q8a(const lp_kernels *k, check_ctx *c, rng *g) {
 static const int ATTN[][7] = {
     {1, 0, 1, 1, 8, 0, 1},   {1, 9, 4, 4, 64, 0, 4},  {5, 0, 4, 2, 64, 1, 4},
     {17, 3, 8, 1, 32, 0, 8}, {3, 31, 6, 3, 80, 2, 5}, {2, 5, 2, 1, 7, 0, 2},
-    {4, 0, 4, 4, 16, 3, 4},  {17, 40, 2, 2, 128, 0, 2}};
+    {4, 0, 4, 4, 16, 3, 4},  {17, 40, 2, 2, 128, 0, 2},
+    /* blocks of 16 queries and chunks of 64 keys (avx512): partial blocks,
+     * chunk edges, head_dim not a multiple of 16, GQA */
+    {8, 0, 2, 1, 64, 0, 2},  {16, 0, 1, 1, 64, 0, 1}, {40, 30, 4, 2, 64, 1, 3},
+    {33, 0, 3, 3, 80, 0, 3}, {70, 100, 2, 2, 7, 0, 2}, {21, 43, 2, 1, 40, 0, 2}};
 
 /* Attention inputs of one shape, with a KV cache of n_ctx rows. */
 typedef struct {
@@ -460,7 +464,7 @@ static void attn_setup(attn_case *ac, rng *g, const int *sh, lp_dtype kv, int wi
     a->v = kv == LP_F16 ? (const void *)ac->vh : ac->vf;
     a->kv_type = kv;
     a->probs_ld = with_probs ? pos0 + T + 3 : 0;
-    a->scratch = malloc((size_t)(pos0 + T) * sizeof(float));
+    a->scratch = aligned_alloc(64, lp_attn_scratch_floats(pos0 + T, hd) * sizeof(float));
 }
 
 static void attn_free(attn_case *ac) {
