@@ -2,9 +2,10 @@
 # e2e.sh — end-to-end speed and memory of loupe on real-shape models, and
 # optionally llama.cpp's llama-bench on the very same GGUF files.
 #
-#   bench/e2e.sh [STEP...]        steps: prepare membw bench ab rss open pool
-#                                 busy report (default: all but ab, in that
-#                                 order; ab needs LLAMA_BENCH)
+#   bench/e2e.sh [STEP...]        steps: prepare membw bench ab roofline rss
+#                                 open pool busy report (default: all but ab
+#                                 and roofline, in that order; ab needs
+#                                 LLAMA_BENCH)
 #
 # Environment (defaults in brackets):
 #   BUILD        loupe build directory with loupe, quantize, libloupe.so
@@ -15,6 +16,7 @@
 #   FORMATS      files to bench [loupe-int8 loupe-f16 gguf-q8_0 gguf-f16]
 #   PP TG THREADS REPS   llama-bench style parameters [512 128 1,2 3]
 #   ROUNDS       interleaved loupe / llama.cpp rounds of the ab step [7]
+#   TESTS        what the ab step times: pp, tg or both ["pp tg"]
 #   LLAMA_BENCH  path to a llama-bench binary: also runs it on the gguf files
 #   OUT          results dir [$MODELS_DIR/results/<date>]
 #   IDLE_MAX     most CPU (in % of all cores) others may use before a timed
@@ -43,6 +45,7 @@ TG=${TG:-128}
 THREADS=${THREADS:-1,2}
 REPS=${REPS:-3}
 ROUNDS=${ROUNDS:-7}
+TESTS=${TESTS:-pp tg}
 LLAMA_BENCH=${LLAMA_BENCH:-}
 OUT=${OUT:-$MODELS_DIR/results/$(date +%Y%m%d-%H%M%S)}
 IDLE_MAX=${IDLE_MAX:-15}
@@ -244,7 +247,7 @@ step_ab() {
     for t in ${THREADS//,/ }; do
         for preset in $MODELS; do
             name=$(model_name "$preset")
-            for test in pp tg; do
+            for test in $TESTS; do
                 p=0 n=0
                 if [ "$test" = pp ]; then p=$PP; else n=$TG; fi
                 for fmt in $FORMATS; do
@@ -348,16 +351,55 @@ step_busy() {
 
 # ------------------------------------------------------------ membw
 
+build_membw() {
+    mkdir -p "$MODELS_DIR/bin"
+    cc -O3 -march=native -std=c11 -Wall -Wextra "$HERE/membw.c" -lpthread -o "$MODELS_DIR/bin/membw"
+}
+
 # DRAM read bandwidth at each thread count (bench/membw.c): the decode
 # roofline's denominator, passed to the report.
 step_membw() {
     local bin="$MODELS_DIR/bin/membw" t
-    mkdir -p "$MODELS_DIR/bin"
-    cc -O3 -march=native -std=c11 -Wall -Wextra "$HERE/membw.c" -lpthread -o "$bin"
+    build_membw
     : > "$OUT/membw.jsonl"
     for t in ${THREADS//,/ }; do
         wait_idle "membw t=$t"
         "$bin" "$t" 1024 5 >> "$OUT/membw.jsonl"
+    done
+}
+
+# ------------------------------------------------------------ roofline
+
+# Decode against the bandwidth of the same minutes: ROUNDS rounds of membw
+# then one decode repetition (tg TG) of loupe, and of llama.cpp on GGUF
+# files when LLAMA_BENCH is set, at each thread count. This host's DRAM
+# bandwidth drifts by up to 2x within minutes, so a roofline measured
+# apart from the decode it bounds says little; the report takes each
+# round's ratio.
+step_roofline() {
+    local preset name fmt f t r
+    build_membw
+    for preset in $MODELS; do
+        name=$(model_name "$preset")
+        for fmt in $FORMATS; do
+            f=$(model_file "$name" "$fmt")
+            [ -s "$OUT/info-$name-$fmt.txt" ] || "$BUILD/loupe" info -m "$f" > "$OUT/info-$name-$fmt.txt" 2>&1
+            for t in ${THREADS//,/ }; do
+                [ -s "$OUT/roof-$name-$fmt-t$t.jsonl" ] && continue
+                wait_idle "roofline $name $fmt t=$t" "$IDLE_MAX"
+                log "roofline: $(basename "$f") t=$t, $ROUNDS rounds"
+                for r in $(seq "$ROUNDS"); do
+                    "$MODELS_DIR/bin/membw" "$t" 1024 3 | "$PY" -c 'import json,sys; print(json.dumps({"engine": "membw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
+                    "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t "$t" -r 1 --json \
+                        2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "loupe", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
+                    if [ -n "$LLAMA_BENCH" ] && [[ "$fmt" == gguf-* ]]; then
+                        "$LLAMA_BENCH" -m "$f" -p 0 -n "$TG" -t "$t" -r 1 -o json \
+                            2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "llama.cpp", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
+                    fi
+                done > "$OUT/roof-$name-$fmt-t$t.jsonl.part"
+                mv "$OUT/roof-$name-$fmt-t$t.jsonl.part" "$OUT/roof-$name-$fmt-t$t.jsonl"
+            done
+        done
     done
 }
 
@@ -403,10 +445,11 @@ for step in "${STEPS[@]}"; do
     rss) step_rss ;;
     open) step_open ;;
     membw) step_membw ;;
+    roofline) step_roofline ;;
     pool) step_pool ;;
     busy) step_busy ;;
     report) step_report ;;
-    *) die "unknown step '$step' (prepare membw bench ab rss open pool busy report)" ;;
+    *) die "unknown step '$step' (prepare membw bench ab roofline rss open pool busy report)" ;;
     esac
 done
 log "results in $OUT"

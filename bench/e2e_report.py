@@ -155,6 +155,42 @@ def ab_table(dirs, names, fmts, th, pp, tg):
     return rows
 
 
+def roofline_table(dirs, names, fmts, th, tg):
+    """Rows of the roofline step: roof-NAME-FMT-tT.jsonl, per round one
+    membw record and one decode record per engine. A round's ratio is the
+    weight bytes its decode read per second over that round's bandwidth."""
+    rows = []
+    for n in names:
+        for f in fmts:
+            info = parse_info(find(dirs, "info-%s-%s.txt" % (n, f)))
+            for t in th:
+                path = find(dirs, "roof-%s-%s-t%d.jsonl" % (n, f, t))
+                if not info or not os.path.exists(path):
+                    continue
+                by = {}
+                for r in (json.loads(x) for x in open(path) if x.strip()):
+                    v = r["best_gb_s"] if r["engine"] == "membw" else median_ts(r)
+                    by.setdefault(r["round"], {})[r["engine"]] = v
+                b = info["bytes_per_token"]
+                cells = []
+                for eng in ("loupe", "llama.cpp"):
+                    gbs = [(v[eng] * b / 1e9, v["membw"]) for v in by.values()
+                           if eng in v and "membw" in v]
+                    if not gbs:
+                        cells += ["—", "—"]
+                        continue
+                    ratios = [x / y for x, y in gbs]
+                    cells += [fmt(statistics.median(x for x, _ in gbs), 1),
+                              "%s (%s-%s)" % (fmt(statistics.median(ratios), 2),
+                                              fmt(min(ratios), 2), fmt(max(ratios), 2))]
+                bws = [v["membw"] for v in by.values() if "membw" in v]
+                rows.append([PRETTY[n], os.path.basename(file_of("", n, f)), str(t),
+                             str(len(bws)), fmt(b / 1e6, 0),
+                             "%s (%s-%s)" % (fmt(statistics.median(bws), 1), fmt(min(bws), 1),
+                                             fmt(max(bws), 1))] + cells)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out", nargs="+")
@@ -223,6 +259,16 @@ def main():
               "in brackets; tok/s are the medians of each engine's rounds)\n")
         print(table(["model", "loupe file", "llama.cpp file", "test", "threads", "rounds",
                      "loupe tok/s", "llama.cpp tok/s", "ratio (min-max)"], ab_rows))
+
+    roof_rows = roofline_table(a.out, names, fmts, th, tg)
+    if roof_rows:
+        print("\n## Decode against the bandwidth of the same round (tg%d)\n" % tg)
+        print("(`e2e.sh roofline`: each round runs membw, then one decode repetition of each "
+              "engine; GB/s = weight bytes per token × tok/s; ratio = that ÷ the round's membw, "
+              "median (min-max) over rounds)\n")
+        print(table(["model", "file", "threads", "rounds", "MB/token", "membw GB/s",
+                     "loupe GB/s", "loupe ÷ membw", "llama.cpp GB/s", "llama.cpp ÷ membw"],
+                    roof_rows))
 
     print("\n## Decode roofline (weight bytes per token ÷ bandwidth: %s)\n" %
           ", ".join("%g GB/s at %d thread%s" % (bw[t], t, "s" if t > 1 else "") for t in th))
