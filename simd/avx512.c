@@ -443,9 +443,6 @@ static void swiglu(float *out, const float *gate, const float *up, int n) {
  * to hdp = head_dim rounded up to 16, zero-filled. Two passes over the
  * keys (scores, then values), as the reference softmax does. */
 
-/* Blocks of fewer queries than this take the one-query-at-a-time kernel. */
-#define LP_ATTN_MIN_T 8
-
 typedef struct {
     const lp_attn_args *a;
     int hd, hdp;      /* head_dim and head_dim rounded up to 16 */
@@ -584,6 +581,7 @@ static void attn_head_blocked(const lp_attn_args *a, int h) {
     }
 }
 
+/* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 static void attention(const lp_attn_args *a, int h0, int h1) {
     if (a->T < LP_ATTN_MIN_T) {
         lp_avx2_attention(a, h0, h1);

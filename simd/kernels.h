@@ -61,10 +61,13 @@ typedef struct {
                              head_dim) floats, 64-byte aligned */
 } lp_attn_args;
 
-/* Blocked prefill attention (avx512.c) takes LP_ATTN_QB queries at a time,
- * one per vector lane, and copies keys and values LP_ATTN_KC at a time. */
+/* Blocked prefill attention (avx512.c, avx2.c, neon.c) takes up to
+ * LP_ATTN_QB queries at a time, one per vector lane, and copies keys and
+ * values LP_ATTN_KC at a time. */
 #define LP_ATTN_QB 16
 #define LP_ATTN_KC 64
+/* Calls with fewer queries (decode) take one query at a time. */
+#define LP_ATTN_MIN_T 8
 
 /* Floats of scratch one thread needs for an attention call over n_keys
  * keys, in any table: scores (n_keys rounded up to LP_ATTN_KC, QB), queries
