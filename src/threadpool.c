@@ -9,6 +9,20 @@
  * condition variable, so a machine whose cores are busy elsewhere — or an
  * emulator — is not starved by spinning threads. No system call is made
  * while spinning.
+ *
+ * Jobs end when the last thread finishes, so one worker whose core is
+ * taken by another process holds up every job of a decode step (there are
+ * ~100 a token). Every thread therefore times its share of each job: had
+ * the fastest thread run all n tasks at the pace it ran its own k, the job
+ * would have taken (its time) * n / k. When, in two windows of
+ * LP_WINDOW_NS of jobs in a row, that estimate is at least 10% below the
+ * time the jobs took, the caller runs the jobs alone for a while
+ * (LP_SOLO_MIN_NS, doubling up to LP_SOLO_MAX_NS while it keeps
+ * happening), then tries the workers again. With the workers asleep the
+ * kernel moves the caller to a free core if it was on the busy one. On an
+ * idle machine each thread runs about 1/n_threads of the tasks and the
+ * estimate is about n_threads times the actual. Results do not depend on
+ * the number of threads, so this changes only speed.
  */
 #include "threadpool.h"
 
@@ -19,9 +33,19 @@
 #include <unistd.h>
 
 #define LP_SPIN_NS 100000 /* 0.1 ms */
+#define LP_WINDOW_NS 20000000LL    /* 20 ms of job time per verdict */
+#define LP_SOLO_MIN_NS 50000000LL  /* 50 ms */
+#define LP_SOLO_MAX_NS 800000000LL /* 0.8 s */
+
+/* One thread's share of the current job. */
+typedef struct {
+    int64_t ns; /* from its first task claim to its last task's end */
+    int n;      /* tasks it ran */
+} lp_share;
 
 struct lp_pool {
     int n_threads; /* including the caller */
+    lp_share *shares; /* (n_threads) written by each thread before it reports done */
     pthread_t *workers;
     pthread_mutex_t mu;
     pthread_cond_t wake;   /* workers wait here for a new generation */
@@ -34,6 +58,13 @@ struct lp_pool {
     lp_task_fn task;
     void *ctx;
     int n_tasks;
+    /* late workers (caller only) */
+    int64_t window_job_ns;  /* time spent in jobs in the current window */
+    int64_t window_solo_ns; /* estimate of them run by the fastest thread alone */
+    int64_t solo_until_ns;  /* before this, jobs run on the caller alone */
+    int64_t solo_ns;        /* length of the next solo period */
+    int slow_windows;       /* consecutive windows the estimate beat */
+    int solo_periods;       /* how many have begun (for tests and logs) */
 };
 
 typedef struct {
@@ -66,12 +97,16 @@ static unsigned lp_spin_while_equal(atomic_uint *word, unsigned seen) {
     }
 }
 
+/* Runs tasks of the current job until none is left; books its share. */
 static void lp_pool_work(lp_pool *p, int thread) {
-    for (;;) {
+    const int64_t t0 = lp_now_ns();
+    int n = 0;
+    for (;; n++) {
         int i = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
         if (i >= p->n_tasks) break;
         p->task(p->ctx, i, thread);
     }
+    p->shares[thread] = (lp_share){n ? lp_now_ns() - t0 : 0, n};
 }
 
 static void *lp_worker_main(void *arg) {
@@ -106,15 +141,22 @@ lp_pool *lp_pool_new(int n_threads) {
     lp_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n_threads = n_threads;
+    p->shares = calloc((size_t)n_threads, sizeof *p->shares);
+    if (!p->shares) {
+        free(p);
+        return NULL;
+    }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     atomic_init(&p->generation, 0);
     atomic_init(&p->next_task, 0);
     atomic_init(&p->n_done, 0);
+    p->solo_ns = LP_SOLO_MIN_NS;
     if (n_threads > 1) {
         p->workers = calloc((size_t)n_threads - 1, sizeof *p->workers);
         if (!p->workers) {
+            free(p->shares);
             free(p);
             return NULL;
         }
@@ -143,14 +185,42 @@ void lp_pool_free(lp_pool *p) {
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     free(p->workers);
+    free(p->shares);
     free(p);
 }
 
 int lp_pool_size(const lp_pool *p) { return p ? p->n_threads : 1; }
 
+int lp_pool_solo_periods(const lp_pool *p) { return p ? p->solo_periods : 0; }
+
+/* Books one job of n_tasks that took job_ns, from the threads' shares.
+ * Decides at the end of each window whether to go solo. */
+static void lp_pool_observe(lp_pool *p, int n_tasks, int64_t job_ns, int64_t t_end) {
+    int64_t solo = job_ns * n_tasks; /* no share booked: no evidence */
+    for (int t = 0; t < p->n_threads; t++) {
+        const lp_share sh = p->shares[t];
+        if (sh.n && sh.ns * n_tasks / sh.n < solo) solo = sh.ns * n_tasks / sh.n;
+    }
+    p->window_job_ns += job_ns;
+    p->window_solo_ns += solo;
+    if (p->window_job_ns < LP_WINDOW_NS) return;
+    const int slow = 10 * p->window_solo_ns < 9 * p->window_job_ns;
+    p->slow_windows = slow ? p->slow_windows + 1 : 0;
+    if (p->slow_windows >= 2) { /* one alone is often a hiccup of the host */
+        p->slow_windows = 0;
+        p->solo_until_ns = t_end + p->solo_ns;
+        p->solo_periods++;
+        if (p->solo_ns < LP_SOLO_MAX_NS) p->solo_ns *= 2;
+    } else if (!slow) {
+        p->solo_ns = LP_SOLO_MIN_NS;
+    }
+    p->window_job_ns = p->window_solo_ns = 0;
+}
+
 void lp_pool_run(lp_pool *p, int n_tasks, lp_task_fn task, void *ctx) {
     if (n_tasks <= 0) return;
-    if (!p || p->n_threads == 1 || n_tasks == 1) {
+    const int64_t t0 = p && p->n_threads > 1 && n_tasks > 1 ? lp_now_ns() : 0;
+    if (!p || p->n_threads == 1 || n_tasks == 1 || t0 < p->solo_until_ns) {
         for (int i = 0; i < n_tasks; i++) task(ctx, i, 0);
         return;
     }
@@ -174,4 +244,6 @@ void lp_pool_run(lp_pool *p, int n_tasks, lp_task_fn task, void *ctx) {
         while (atomic_load(&p->n_done) < all) pthread_cond_wait(&p->done, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
+    const int64_t t_end = lp_now_ns();
+    lp_pool_observe(p, n_tasks, t_end - t0, t_end);
 }
