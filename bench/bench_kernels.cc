@@ -341,6 +341,9 @@ void register_all() {
                 benchmark::RegisterBenchmark(("attn_prefill64/" + suffix).c_str(), BM_attention,
                                              k, a, kv, 64, 0)
                     ->Unit(benchmark::kMicrosecond);
+                benchmark::RegisterBenchmark(("attn_prefill512/" + suffix).c_str(), BM_attention,
+                                             k, a, kv, 512, 0)
+                    ->Unit(benchmark::kMicrosecond);
             }
         for (const VecCase &v : kVec)
             benchmark::RegisterBenchmark((std::string(v.op) + "/" + isa + "/" + v.label).c_str(),
