@@ -215,19 +215,21 @@ typedef struct {
 /* Type policy: vectors stay f32; matmul weights the chosen type; --keep
  * rules override matrices; int8 needs cols % 32 == 0 and is packed for the
  * kernels (LP_Q8P, layout 1) unless format 1.0 is asked for.
- * Embeddings are not quantized to int8 by default, but f32 doubles the file
- * for nothing (f16 is lossless in practice: KL ~1e-6, docs/QUANTIZATION.md)
- * and, when the output head is tied to them (GPT-2), makes every decoded
- * token read 4 bytes per head weight. So: f32 for --type f32, else f16; an
- * embedding that is already int8 in the source (GGUF Q8_0) stays int8,
- * the one lossless choice. */
-static lp_dtype embed_type(const lp_mat *src, lp_dtype type) {
+ * The token embedding is only looked up, one row per token, so int8 would
+ * save little time for its rounding error, and f32 doubles the file for
+ * nothing (f16 is lossless in practice: KL ~1e-6, docs/QUANTIZATION.md).
+ * So: f32 for --type f32, else f16; an embedding that is already int8 in
+ * the source (GGUF Q8_0) stays int8, the one lossless choice. But when the
+ * output head is tied to it (GPT-2), it is also a matmul weight read in full
+ * for every generated token, the largest one: then --type int8 makes it
+ * int8 like the other matmuls (as a GGUF Q8_0 file has it). */
+static lp_dtype embed_type(const lp_mat *src, lp_dtype type, int tied_head) {
     if (type == LP_F32) return LP_F32;
-    if (type == LP_Q8 && (src->type == LP_Q8 || src->type == LP_Q8P)) return LP_Q8;
+    if (type == LP_Q8 && (tied_head || src->type == LP_Q8 || src->type == LP_Q8P)) return LP_Q8;
     return LP_F16;
 }
 
-static lp_dtype choose_type(const lp_weight_slot *s, const lp_mat *src,
+static lp_dtype choose_type(const lp_weight_slot *s, const lp_mat *src, int tied_head,
                             const lp_quant_opts *o, lp_quant_report *rep) {
     if (s->kind == LP_SLOT_VEC) {
         for (int k = 0; k < o->n_keep; k++)
@@ -237,7 +239,7 @@ static lp_dtype choose_type(const lp_weight_slot *s, const lp_mat *src,
             }
         return LP_F32;
     }
-    lp_dtype t = s->kind == LP_SLOT_EMBED ? embed_type(src, o->type) : o->type;
+    lp_dtype t = s->kind == LP_SLOT_EMBED ? embed_type(src, o->type, tied_head) : o->type;
     for (int k = 0; k < o->n_keep; k++)
         if (fnmatch(o->keep[k].glob, s->name, 0) == 0) {
             t = o->keep[k].type;
@@ -279,7 +281,7 @@ static loupe_status build_plan(const loupe_model *m, lp_weights *w,
         if (s->kind == LP_SLOT_VEC) {
             if (!*s->vec) continue; /* optional weight the model does not have */
             it->src = *s->vec;
-            it->src_type = it->dst_type = choose_type(s, NULL, o, rep);
+            it->src_type = it->dst_type = choose_type(s, NULL, m->hp.tied_head, o, rep);
             it->rows = s->cols ? s->rows / s->cols : 1;
             it->cols = s->cols ? s->cols : s->rows;
             it->n_dims = s->cols ? 2 : 1;
@@ -297,7 +299,7 @@ static loupe_status build_plan(const loupe_model *m, lp_weights *w,
             }
             it->src = s->mat->data;
             it->src_type = s->mat->type;
-            it->dst_type = choose_type(s, s->mat, o, rep);
+            it->dst_type = choose_type(s, s->mat, m->hp.tied_head, o, rep);
             it->rows = s->rows;
             it->cols = s->cols;
             it->n_dims = 2;

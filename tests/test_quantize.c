@@ -520,6 +520,9 @@ static void test_int8_matches_numpy_gpt2char(void **state) {
             expect_q8_equals_file(m, dir, name);
         }
     assert_int_equal(type_in_file(m, "output"), -1); /* tied: stored once */
+    /* policy: a token embedding that doubles as the head is int8 with the
+     * other matmuls (an untied one stays f16: test_int8_matches_numpy_stories) */
+    assert_int_equal(type_in_file(m, "token_embd"), LP_Q8);
     assert_int_equal(type_in_file(m, "position_embd"), LP_F32);
     assert_ptr_equal(m->w.lm_head.data, m->w.tok_embd.data);
     loupe_model_close(m);
