@@ -11,6 +11,7 @@
 #include <sleef.h>
 #include <string.h>
 
+#include "attn_block.h"
 #include "avx2.h"
 
 #define LP_INLINE static inline __attribute__((always_inline))
@@ -434,31 +435,13 @@ static void swiglu(float *out, const float *gate, const float *up, int n) {
 
 /* ------------------------------------------------------------ attention */
 
-/* Prefill attention, LP_ATTN_QB = 16 queries at a time, one per lane: the
- * scores of key j for the block are one vector S[j] = sum_i K[j,i] Qt[i],
- * so the softmax's max and sum over keys are lane-wise, no dot product
- * needs a horizontal sum, and each key is read once per block instead of
- * once per query. Outputs likewise: Ot[d] = sum_j V[j,d] P[j]. Keys and
- * values are copied (f16 converted) LP_ATTN_KC at a time into rows padded
- * to hdp = head_dim rounded up to 16, zero-filled. Two passes over the
- * keys (scores, then values), as the reference softmax does. */
-
-typedef struct {
-    const lp_attn_args *a;
-    int hd, hdp;      /* head_dim and head_dim rounded up to 16 */
-    size_t kv_ld;     /* row stride of k, v */
-    size_t kv_off;    /* this head's columns in k, v */
-    int t0, nq;       /* queries t0..t0+nq-1 */
-    int n_keys;       /* keys any of them sees: pos0 + t0 + nq */
-    float *S;         /* (n_keys rounded up to KC, 16) scores, then exp */
-    float *Qt;        /* (hdp, 16) queries transposed, zero lanes >= nq */
-    float *Ot;        /* (hdp, 16) outputs transposed, unnormalised */
-    float *C;         /* (KC, hdp) one chunk of keys or values */
-} attn_block;
+/* Prefill attention, 16 queries at a time, one per lane: the vector half
+ * of attn_block.h's blocked kernel. Each key is read once per block instead
+ * of once per query, and no dot product needs a horizontal sum. */
 
 /* Rows j0..j0+rows-1 of a K or V cache into b->C (rows % 8 == 0), zero
  * beyond the head's columns and beyond b->n_keys. */
-static void attn_load_chunk(const attn_block *b, const void *cache, int j0, int rows) {
+static void attn_load_chunk(const lp_attn_block *b, const void *cache, int j0, int rows) {
     const int f16 = b->a->kv_type == LP_F16;
     for (int r = 0; r < rows; r++) {
         float *dst = b->C + (size_t)r * b->hdp; // (hdp)
@@ -475,7 +458,7 @@ static void attn_load_chunk(const attn_block *b, const void *cache, int j0, int 
 
 /* S[j0 .. j0+rows) = scale * K Qt for the chunk in b->C, with keys after a
  * query's own position set to -inf in its lane. */
-static void attn_scores(const attn_block *b, int j0, int rows) {
+static void attn_scores(const lp_attn_block *b, int j0, int rows) {
     const int hd = b->hd, hdp = b->hdp;
     const __m512 scale = _mm512_set1_ps(b->a->scale);
     const int last_common = b->a->pos0 + b->t0; /* every lane sees keys <= this */
@@ -498,8 +481,9 @@ static void attn_scores(const attn_block *b, int j0, int rows) {
     }
 }
 
-/* S[j] = exp(S[j] - max_j S) over n keys; returns the lane-wise sums. */
-static __m512 attn_softmax_lanes(float *S, int n) {
+/* S[j] = exp(S[j] - max_j S) over n keys (16 lanes); lane-wise sums. */
+static void attn_softmax_lanes(float *S, int n, int lanes, float *sum_out) {
+    (void)lanes;
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int j = 0; j < n; j++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(S + (size_t)j * 16));
     __m512 sum = _mm512_setzero_ps();
@@ -508,11 +492,11 @@ static __m512 attn_softmax_lanes(float *S, int n) {
         _mm512_storeu_ps(S + (size_t)j * 16, e);
         sum = _mm512_add_ps(sum, e);
     }
-    return sum;
+    _mm512_storeu_ps(sum_out, sum);
 }
 
 /* Ot += V^T P over the rows of the chunk in b->C (keys j0..j0+rows-1). */
-static void attn_values(const attn_block *b, int j0, int rows) {
+static void attn_values(const lp_attn_block *b, int j0, int rows) {
     const int hdp = b->hdp;
     for (int d0 = 0; d0 < hdp; d0 += 16) {
         float *o = b->Ot + (size_t)d0 * 16; // (16, 16)
@@ -528,58 +512,8 @@ static void attn_values(const attn_block *b, int j0, int rows) {
     }
 }
 
-/* out (and probs) of queries t0..t0+nq-1 of head h: Ot / sum, transposed. */
-static void attn_write(const attn_block *b, int h, __m512 sum) {
-    const lp_attn_args *a = b->a;
-    float inv[16];
-    _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
-    const size_t q_ld = (size_t)a->n_heads * b->hd;
-    for (int l = 0; l < b->nq; l++) {
-        const int t = b->t0 + l;
-        float *out = a->out + (size_t)t * q_ld + (size_t)h * b->hd; // (hd)
-        for (int d = 0; d < b->hd; d++) out[d] = b->Ot[(size_t)d * 16 + l] * inv[l];
-        if (!a->probs) continue;
-        float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
-        const int seen = a->pos0 + t + 1;
-        for (int j = 0; j < seen; j++) p[j] = b->S[(size_t)j * 16 + l] * inv[l];
-        memset(p + seen, 0, (size_t)(a->probs_ld - seen) * sizeof *p);
-    }
-}
-
-static void attn_head_blocked(const lp_attn_args *a, int h) {
-    const int hd = a->head_dim, hdp = (hd + 15) / 16 * 16, KC = LP_ATTN_KC;
-    attn_block b = {.a = a, .hd = hd, .hdp = hdp};
-    b.kv_ld = (size_t)a->n_kv_heads * hd;
-    b.kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
-    const int keys_max = (a->pos0 + a->T + KC - 1) / KC * KC;
-    b.S = a->scratch;
-    b.Qt = b.S + (size_t)keys_max * 16;
-    b.Ot = b.Qt + (size_t)hdp * 16;
-    b.C = b.Ot + (size_t)hdp * 16;
-    const size_t q_ld = (size_t)a->n_heads * hd;
-    for (b.t0 = 0; b.t0 < a->T; b.t0 += 16) {
-        b.nq = a->T - b.t0 < 16 ? a->T - b.t0 : 16;
-        b.n_keys = a->pos0 + b.t0 + b.nq;
-        memset(b.Qt, 0, (size_t)hdp * 16 * sizeof(float));
-        memset(b.Ot, 0, (size_t)hdp * 16 * sizeof(float));
-        for (int l = 0; l < b.nq; l++)
-            for (int i = 0; i < hd; i++)
-                b.Qt[(size_t)i * 16 + l] = a->q[(size_t)(b.t0 + l) * q_ld + (size_t)h * hd + i];
-        const int n_rows = (b.n_keys + 7) / 8 * 8; /* score rows, masked past n_keys */
-        for (int j0 = 0; j0 < n_rows; j0 += KC) {
-            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            attn_load_chunk(&b, a->k, j0, rows);
-            attn_scores(&b, j0, rows);
-        }
-        const __m512 sum = attn_softmax_lanes(b.S, n_rows);
-        for (int j0 = 0; j0 < n_rows; j0 += KC) {
-            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            attn_load_chunk(&b, a->v, j0, rows);
-            attn_values(&b, j0, rows);
-        }
-        attn_write(&b, h, sum);
-    }
-}
+static const lp_attn_block_ops attn_ops = {attn_load_chunk, attn_scores, attn_softmax_lanes,
+                                            attn_values};
 
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 static void attention(const lp_attn_args *a, int h0, int h1) {
@@ -587,7 +521,7 @@ static void attention(const lp_attn_args *a, int h0, int h1) {
         lp_avx2_attention(a, h0, h1);
         return;
     }
-    for (int h = h0; h < h1; h++) attn_head_blocked(a, h);
+    for (int h = h0; h < h1; h++) lp_attn_head_blocked(a, h, 16, &attn_ops);
 }
 
 /* ---------------------------------------------------------------- table */

@@ -14,6 +14,7 @@
 #include <sleef.h>
 #include <string.h>
 
+#include "attn_block.h"
 #include "kernels.h"
 
 #define LP_INLINE static inline __attribute__((always_inline))
@@ -564,26 +565,12 @@ LP_INLINE void attn_head(const lp_attn_args *a, int h, const int F16) {
     }
 }
 
-/* Prefill: 8 queries at a time, one per lane of two vectors, as avx512.c's
- * blocked kernel does with 16 (see there): scores S[j] = scale * sum_i
- * K[j,i] Qt[i], lane-wise softmax over keys, Ot[d] = sum_j V[j,d] P[j].
- * Rows of S, Qt and Ot are 8 floats: lanes 0-3 then 4-7. */
-typedef struct {
-    const lp_attn_args *a;
-    int hd, hdp;      /* head_dim and head_dim rounded up to 16 */
-    size_t kv_ld;     /* row stride of k, v */
-    size_t kv_off;    /* this head's columns in k, v */
-    int t0, nq;       /* queries t0..t0+nq-1 */
-    int n_keys;       /* keys any of them sees: pos0 + t0 + nq */
-    float *S;         /* (n_keys rounded up to KC, 8) scores, then exp */
-    float *Qt;        /* (hdp, 8) queries transposed, zero lanes >= nq */
-    float *Ot;        /* (hdp, 8) outputs transposed, unnormalised */
-    float *C;         /* (KC, hdp) one chunk of keys or values */
-} attn_block8;
-
+/* Prefill: 8 queries at a time, one per lane of two vectors: the vector
+ * half of attn_block.h's blocked kernel. Rows of S, Qt and Ot are 8
+ * floats: lanes 0-3 then 4-7. */
 /* Rows j0..j0+rows-1 of a K or V cache into b->C, zero beyond the head's
  * columns and beyond b->n_keys. */
-static void attn8_load_chunk(const attn_block8 *b, const void *cache, int j0, int rows) {
+static void attn8_load_chunk(const lp_attn_block *b, const void *cache, int j0, int rows) {
     const int f16 = b->a->kv_type == LP_F16;
     for (int r = 0; r < rows; r++) {
         float *dst = b->C + (size_t)r * b->hdp; // (hdp)
@@ -600,7 +587,7 @@ static void attn8_load_chunk(const attn_block8 *b, const void *cache, int j0, in
 
 /* S[j0 .. j0+rows) for the keys in b->C; -inf where a lane's query comes
  * before the key. rows % 4 == 0. */
-static void attn8_scores(const attn_block8 *b, int j0, int rows) {
+static void attn8_scores(const lp_attn_block *b, int j0, int rows) {
     const int hd4 = (b->hd + 3) / 4 * 4, hdp = b->hdp; /* C and Qt are zero past hd */
     const float scale = b->a->scale;
     const int32x4_t lane_lo = {0, 1, 2, 3}, lane_hi = {4, 5, 6, 7};
@@ -634,7 +621,8 @@ static void attn8_scores(const attn_block8 *b, int j0, int rows) {
 }
 
 /* S[j] = exp(S[j] - max_j S) over n keys (8 lanes); sums into sum[8]. */
-static void attn8_softmax_lanes(float *S, int n, float *sum) {
+static void attn8_softmax_lanes(float *S, int n, int lanes, float *sum) {
+    (void)lanes;
     for (int g = 0; g < 8; g += 4) {
         float32x4_t mx = vdupq_n_f32(-INFINITY), acc = vdupq_n_f32(0);
         for (int j = 0; j < n; j++) mx = vmaxq_f32(mx, vld1q_f32(S + (size_t)j * 8 + g));
@@ -649,7 +637,7 @@ static void attn8_softmax_lanes(float *S, int n, float *sum) {
 }
 
 /* Ot += V^T P over the keys j0..j0+rows-1 in b->C, 4 dims at a time. */
-static void attn8_values(const attn_block8 *b, int j0, int rows) {
+static void attn8_values(const lp_attn_block *b, int j0, int rows) {
     const int hdp = b->hdp;
     for (int d0 = 0; d0 < hdp; d0 += 4) {
         float *o = b->Ot + (size_t)d0 * 8; // (4, 8)
@@ -670,63 +658,13 @@ static void attn8_values(const attn_block8 *b, int j0, int rows) {
     }
 }
 
-/* out (and probs) of the block's queries: Ot / sum, transposed. */
-static void attn8_write(const attn_block8 *b, int h, const float *sum) {
-    const lp_attn_args *a = b->a;
-    const size_t q_ld = (size_t)a->n_heads * b->hd;
-    for (int l = 0; l < b->nq; l++) {
-        const int t = b->t0 + l;
-        const float inv = 1.0f / sum[l];
-        float *out = a->out + (size_t)t * q_ld + (size_t)h * b->hd; // (hd)
-        for (int d = 0; d < b->hd; d++) out[d] = b->Ot[(size_t)d * 8 + l] * inv;
-        if (!a->probs) continue;
-        float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
-        const int seen = a->pos0 + t + 1;
-        for (int j = 0; j < seen; j++) p[j] = b->S[(size_t)j * 8 + l] * inv;
-        memset(p + seen, 0, (size_t)(a->probs_ld - seen) * sizeof *p);
-    }
-}
-
-static void attn_head_blocked(const lp_attn_args *a, int h) {
-    const int hd = a->head_dim, hdp = (hd + 15) / 16 * 16, KC = LP_ATTN_KC;
-    attn_block8 b = {.a = a, .hd = hd, .hdp = hdp};
-    b.kv_ld = (size_t)a->n_kv_heads * hd;
-    b.kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
-    const int keys_max = (a->pos0 + a->T + KC - 1) / KC * KC;
-    b.S = a->scratch; /* fits: lp_attn_scratch_floats counts 16 lanes */
-    b.Qt = b.S + (size_t)keys_max * 8;
-    b.Ot = b.Qt + (size_t)hdp * 8;
-    b.C = b.Ot + (size_t)hdp * 8;
-    const size_t q_ld = (size_t)a->n_heads * hd;
-    for (b.t0 = 0; b.t0 < a->T; b.t0 += 8) {
-        b.nq = a->T - b.t0 < 8 ? a->T - b.t0 : 8;
-        b.n_keys = a->pos0 + b.t0 + b.nq;
-        memset(b.Qt, 0, (size_t)hdp * 8 * sizeof(float));
-        memset(b.Ot, 0, (size_t)hdp * 8 * sizeof(float));
-        for (int l = 0; l < b.nq; l++)
-            for (int i = 0; i < hd; i++)
-                b.Qt[(size_t)i * 8 + l] = a->q[(size_t)(b.t0 + l) * q_ld + (size_t)h * hd + i];
-        const int n_rows = (b.n_keys + 7) / 8 * 8; /* score rows, masked past n_keys */
-        for (int j0 = 0; j0 < n_rows; j0 += KC) {
-            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            attn8_load_chunk(&b, a->k, j0, rows);
-            attn8_scores(&b, j0, rows);
-        }
-        float sum[8];
-        attn8_softmax_lanes(b.S, n_rows, sum);
-        for (int j0 = 0; j0 < n_rows; j0 += KC) {
-            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            attn8_load_chunk(&b, a->v, j0, rows);
-            attn8_values(&b, j0, rows);
-        }
-        attn8_write(&b, h, sum);
-    }
-}
+static const lp_attn_block_ops attn8_ops = {attn8_load_chunk, attn8_scores, attn8_softmax_lanes,
+                                             attn8_values};
 
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 static void attention(const lp_attn_args *a, int h0, int h1) {
     for (int h = h0; h < h1; h++) {
-        if (a->T >= LP_ATTN_MIN_T) attn_head_blocked(a, h);
+        if (a->T >= LP_ATTN_MIN_T) lp_attn_head_blocked(a, h, 8, &attn8_ops);
         else if (a->kv_type == LP_F16) attn_head(a, h, 1);
         else attn_head(a, h, 0);
     }

@@ -1,0 +1,106 @@
+/*
+ * attn_block.h — the ISA-free half of the blocked prefill attention that
+ * avx512.c (16 lanes), avx2.c and neon.c (8 lanes) share: block layout,
+ * transposing the queries in, the loop over key chunks, and writing the
+ * outputs (and probabilities) back. Each ISA file supplies the vector half:
+ * copying a chunk of keys or values, scores, the lane-wise softmax, and
+ * the value sums (lp_attn_block_ops).
+ *
+ * One block: queries t0..t0+nq-1 of head h, one per lane. Scores of key j
+ * for the block are row j of S (lanes floats): S[j] = scale * sum_i
+ * K[j,i] Qt[i], then exp(S[j] - max), so the softmax over keys is
+ * lane-wise; Ot[d] = sum_j V[j,d] S[j]. Keys and values are copied (f16
+ * converted) LP_ATTN_KC rows at a time into C, rows padded to hdp =
+ * head_dim rounded up to 16 and zero-filled. Plain C: included by files
+ * built with ISA flags, it holds no intrinsics.
+ */
+#ifndef LOUPE_SIMD_ATTN_BLOCK_H
+#define LOUPE_SIMD_ATTN_BLOCK_H
+
+#include <string.h>
+
+#include "kernels.h"
+
+typedef struct {
+    const lp_attn_args *a;
+    int lanes;        /* queries per block: the vector width */
+    int hd, hdp;      /* head_dim and head_dim rounded up to 16 */
+    size_t kv_ld;     /* row stride of k, v */
+    size_t kv_off;    /* this head's columns in k, v */
+    int t0, nq;       /* queries t0..t0+nq-1 */
+    int n_keys;       /* keys any of them sees: pos0 + t0 + nq */
+    float *S;         /* (n_keys rounded up to KC, lanes) scores, then exp */
+    float *Qt;        /* (hdp, lanes) queries transposed, zero lanes >= nq */
+    float *Ot;        /* (hdp, lanes) outputs transposed, unnormalised */
+    float *C;         /* (KC, hdp) one chunk of keys or values */
+} lp_attn_block;
+
+typedef struct {
+    /* rows j0..j0+rows-1 of a K or V cache into b->C, zero beyond the
+     * head's columns and beyond b->n_keys */
+    void (*load_chunk)(const lp_attn_block *b, const void *cache, int j0, int rows);
+    /* S[j0 .. j0+rows) from the keys in b->C (rows % 8 == 0); -inf where a
+     * lane's query comes before the key */
+    void (*scores)(const lp_attn_block *b, int j0, int rows);
+    /* S[j] = exp(S[j] - max_j S) over n rows; lane-wise sums into sum */
+    void (*softmax)(float *S, int n, int lanes, float *sum);
+    /* Ot += V^T S over the values j0..j0+rows-1 in b->C */
+    void (*values)(const lp_attn_block *b, int j0, int rows);
+} lp_attn_block_ops;
+
+/* out (and probs) of the block's queries: Ot / sum, transposed. */
+static inline void lp_attn_block_write(const lp_attn_block *b, int h, const float *sum) {
+    const lp_attn_args *a = b->a;
+    const size_t q_ld = (size_t)a->n_heads * b->hd;
+    for (int l = 0; l < b->nq; l++) {
+        const int t = b->t0 + l;
+        const float inv = 1.0f / sum[l];
+        float *out = a->out + (size_t)t * q_ld + (size_t)h * b->hd; // (hd)
+        for (int d = 0; d < b->hd; d++) out[d] = b->Ot[(size_t)d * b->lanes + l] * inv;
+        if (!a->probs) continue;
+        float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
+        const int seen = a->pos0 + t + 1;
+        for (int j = 0; j < seen; j++) p[j] = b->S[(size_t)j * b->lanes + l] * inv;
+        memset(p + seen, 0, (size_t)(a->probs_ld - seen) * sizeof *p);
+    }
+}
+
+/* All queries of head h, `lanes` at a time (lanes <= LP_ATTN_QB). */
+static inline void lp_attn_head_blocked(const lp_attn_args *a, int h, int lanes,
+                                        const lp_attn_block_ops *ops) {
+    const int hd = a->head_dim, hdp = (hd + 15) / 16 * 16, KC = LP_ATTN_KC;
+    lp_attn_block b = {.a = a, .lanes = lanes, .hd = hd, .hdp = hdp};
+    b.kv_ld = (size_t)a->n_kv_heads * hd;
+    b.kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
+    const int keys_max = (a->pos0 + a->T + KC - 1) / KC * KC;
+    b.S = a->scratch; /* lp_attn_scratch_floats counts LP_ATTN_QB lanes */
+    b.Qt = b.S + (size_t)keys_max * lanes;
+    b.Ot = b.Qt + (size_t)hdp * lanes;
+    b.C = b.Ot + (size_t)hdp * lanes;
+    const size_t q_ld = (size_t)a->n_heads * hd;
+    for (b.t0 = 0; b.t0 < a->T; b.t0 += lanes) {
+        b.nq = a->T - b.t0 < lanes ? a->T - b.t0 : lanes;
+        b.n_keys = a->pos0 + b.t0 + b.nq;
+        memset(b.Qt, 0, (size_t)hdp * lanes * sizeof(float));
+        memset(b.Ot, 0, (size_t)hdp * lanes * sizeof(float));
+        for (int l = 0; l < b.nq; l++)
+            for (int i = 0; i < hd; i++)
+                b.Qt[(size_t)i * lanes + l] = a->q[(size_t)(b.t0 + l) * q_ld + (size_t)h * hd + i];
+        const int n_rows = (b.n_keys + 7) / 8 * 8; /* score rows, masked past n_keys */
+        for (int j0 = 0; j0 < n_rows; j0 += KC) {
+            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
+            ops->load_chunk(&b, a->k, j0, rows);
+            ops->scores(&b, j0, rows);
+        }
+        float sum[LP_ATTN_QB];
+        ops->softmax(b.S, n_rows, lanes, sum);
+        for (int j0 = 0; j0 < n_rows; j0 += KC) {
+            const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
+            ops->load_chunk(&b, a->v, j0, rows);
+            ops->values(&b, j0, rows);
+        }
+        lp_attn_block_write(&b, h, sum);
+    }
+}
+
+#endif /* LOUPE_SIMD_ATTN_BLOCK_H */
