@@ -223,27 +223,41 @@ struct AttnShape {
 const AttnShape kAttn[] = {{"gpt2", 12, 12, 64}, {"tinyllama", 32, 4, 64}};
 
 // T queries at positions pos0.. over a cache of pos0+T keys, all heads.
+// Decode (T = 1) rotates over copies of the cache that together exceed the
+// last-level cache: in a model the weights read since a layer last ran
+// have evicted its cache, so it comes from DRAM.
 void BM_attention(benchmark::State &st, const lp_kernels *k, AttnShape a, lp_dtype kv, int T,
                   int pos0) {
     const int n_ctx = pos0 + T, qd = a.n_heads * a.head_dim, kvd = a.n_kv_heads * a.head_dim;
+    const size_t n_kv = (size_t)n_ctx * kvd, elt = kv == LP_F16 ? 2 : 4;
+    const size_t copies = n_copies(T, 2 * n_kv * elt);
     std::vector<float> q = rand_floats((size_t)T * qd, 4), out((size_t)T * qd);
-    std::vector<float> kf = rand_floats((size_t)n_ctx * kvd, 5), vf = rand_floats((size_t)n_ctx * kvd, 6);
-    std::vector<uint16_t> kh(kf.size()), vh(vf.size());
-    lp_kernels_scalar.f32_to_f16(kf.data(), kh.data(), (int)kf.size());
-    lp_kernels_scalar.f32_to_f16(vf.data(), vh.data(), (int)vf.size());
+    std::vector<float> kf = rand_floats(n_kv, 5), vf = rand_floats(n_kv, 6);
+    std::vector<uint16_t> kh(n_kv), vh(n_kv);
+    lp_kernels_scalar.f32_to_f16(kf.data(), kh.data(), (int)n_kv);
+    lp_kernels_scalar.f32_to_f16(vf.data(), vh.data(), (int)n_kv);
+    if (kv == LP_F16) kh = repeat(kh, copies), vh = repeat(vh, copies);
+    else kf = repeat(kf, copies), vf = repeat(vf, copies);
     std::vector<float> scratch(lp_attn_scratch_floats(n_ctx, a.head_dim));
     lp_attn_args args = {};
     args.T = T, args.pos0 = pos0, args.n_heads = a.n_heads, args.n_kv_heads = a.n_kv_heads;
     args.head_dim = a.head_dim, args.scale = 1.0f / std::sqrt((float)a.head_dim);
     args.q = q.data(), args.kv_type = kv, args.out = out.data(), args.scratch = scratch.data();
-    args.k = kv == LP_F16 ? (const void *)kh.data() : kf.data();
-    args.v = kv == LP_F16 ? (const void *)vh.data() : vf.data();
+    args.kv_row_ld = a.head_dim; // head by head, as the session keeps it
+    args.kv_head_ld = (size_t)n_ctx * a.head_dim;
+    size_t c = 0;
     for (auto _ : st) {
+        const size_t at = c * n_kv * elt; // bytes
+        args.k = (kv == LP_F16 ? (const char *)kh.data() : (const char *)kf.data()) + at;
+        args.v = (kv == LP_F16 ? (const char *)vh.data() : (const char *)vf.data()) + at;
         k->attention(&args, 0, a.n_heads);
+        c = c + 1 == copies ? 0 : c + 1;
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
     st.SetItemsProcessed(st.iterations() * T); // query tokens
+    using C = benchmark::Counter;
+    st.counters["kv/s"] = C(2.0 * n_kv * elt, C::kIsIterationInvariantRate, C::OneK::kIs1000);
 }
 
 // --------------------------------------------------------- vector ops

@@ -1,6 +1,16 @@
 /*
- * attn_block.h — the ISA-free half of the blocked prefill attention that
- * avx512.c (16 lanes), avx2.c and neon.c (8 lanes) share: block layout,
+ * attn_block.h — the ISA-free halves of attention that avx512.c, avx2.c and
+ * neon.c share.
+ *
+ * Decode (T < LP_ATTN_MIN_T): lp_attn_decode, one query and one head at a
+ * time. Each ISA file supplies the scores and the value sums
+ * (lp_attn_decode_ops). At decode the cache comes from DRAM (the weights
+ * read since the layer last ran have evicted it), so these should read a
+ * head's keys, then its values, in order: with the session's head-major
+ * cache (kv_row_ld = head_dim) that is one sequential read each.
+ *
+ * Prefill: the blocked kernel, avx512.c (16 lanes), avx2.c and neon.c (8
+ * lanes): block layout,
  * transposing the queries in, the loop over key chunks, and writing the
  * outputs (and probabilities) back. Each ISA file supplies the vector half:
  * copying a chunk of keys or values, scores, the lane-wise softmax, and
@@ -26,7 +36,7 @@ typedef struct {
     int lanes;        /* queries per block: the vector width */
     int hd, hdp;      /* head_dim and head_dim rounded up to 16 */
     size_t kv_ld;     /* row stride of k, v */
-    size_t kv_off;    /* this head's columns in k, v */
+    size_t kv_off;    /* where this head's KV head starts in k, v */
     int t0, nq;       /* queries t0..t0+nq-1 */
     int n_keys;       /* keys any of them sees: pos0 + t0 + nq */
     float *S;         /* (n_keys rounded up to KC, lanes) scores, then exp */
@@ -70,8 +80,8 @@ static inline void lp_attn_head_blocked(const lp_attn_args *a, int h, int lanes,
                                         const lp_attn_block_ops *ops) {
     const int hd = a->head_dim, hdp = (hd + 15) / 16 * 16, KC = LP_ATTN_KC;
     lp_attn_block b = {.a = a, .lanes = lanes, .hd = hd, .hdp = hdp};
-    b.kv_ld = (size_t)a->n_kv_heads * hd;
-    b.kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
+    b.kv_ld = a->kv_row_ld;
+    b.kv_off = lp_attn_kv_off(a, h);
     const int keys_max = (a->pos0 + a->T + KC - 1) / KC * KC;
     b.S = a->scratch; /* lp_attn_scratch_floats counts LP_ATTN_QB lanes */
     b.Qt = b.S + (size_t)keys_max * lanes;
@@ -101,6 +111,36 @@ static inline void lp_attn_head_blocked(const lp_attn_args *a, int h, int lanes,
         }
         lp_attn_block_write(&b, h, sum);
     }
+}
+
+/* ------------------------------------------------------------ decode */
+
+typedef struct {
+    /* S[j] = scale * dot(q, key j of head h's KV head), j < n_keys */
+    void (*scores)(const lp_attn_args *a, int h, const float *q, int n_keys, float *S);
+    /* out = sum_j S[j] * value j of head h's KV head, j < n_keys */
+    void (*values)(const lp_attn_args *a, int h, const float *S, int n_keys, float *out);
+    /* x = softmax(x) over n */
+    void (*softmax)(float *x, int n);
+} lp_attn_decode_ops;
+
+/* Heads [h0, h1) of every query, one query at a time. */
+static inline void lp_attn_decode(const lp_attn_args *a, int h0, int h1,
+                                  const lp_attn_decode_ops *ops) {
+    const int hd = a->head_dim;
+    const size_t q_ld = (size_t)a->n_heads * hd;
+    float *S = a->scratch; // (pos0+T)
+    for (int h = h0; h < h1; h++)
+        for (int t = 0; t < a->T; t++) {
+            const int n_keys = a->pos0 + t + 1;
+            ops->scores(a, h, a->q + t * q_ld + (size_t)h * hd, n_keys, S);
+            ops->softmax(S, n_keys);
+            ops->values(a, h, S, n_keys, a->out + t * q_ld + (size_t)h * hd);
+            if (!a->probs) continue;
+            float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
+            memcpy(p, S, (size_t)n_keys * sizeof *p);
+            memset(p + n_keys, 0, (size_t)(a->probs_ld - n_keys) * sizeof *p);
+        }
 }
 
 #endif /* LOUPE_SIMD_ATTN_BLOCK_H */

@@ -59,7 +59,7 @@ LP_INLINE void st(float *p, __m256 v, int m) {
 LP_INLINE __m256 ld_h(const uint16_t *p, int m) {
     if (m >= 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
     uint16_t buf[8] = {0};
-    memcpy(buf, p, (size_t)m * sizeof *p);
+    memcpy(buf, p, (size_t)(m > 0 ? m : 0) * sizeof *p);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)buf));
 }
 
@@ -526,42 +526,84 @@ LP_INLINE __m256 ld_kv(const void *base, size_t idx, int m, const int F16) {
     return F16 ? ld_h((const uint16_t *)base + idx, m) : ld((const float *)base + idx, m);
 }
 
-LP_INLINE void attn_head(const lp_attn_args *a, int h, const int F16) {
+/* Sums of four vectors: lane u of the result is hsum8(v[u]). */
+LP_INLINE __m128 hsum8x4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* Decode: the vector half of attn_block.h's lp_attn_decode. Scores four
+ * keys at a time: four independent FMA chains, one reduction. */
+static void decode_scores(const lp_attn_args *a, int h, const float *q, int n_keys, float *S,
+                          const int F16) {
     const int hd = a->head_dim;
-    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
-    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
-    const size_t kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
-    float *score = a->scratch; // (pos0+T)
-    for (int t = 0; t < a->T; t++) {
-        const int n_keys = a->pos0 + t + 1;
-        const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)
-        for (int j = 0; j < n_keys; j++) {
-            __m256 s = _mm256_setzero_ps();
-            for (int i = 0; i < hd; i += 8)
-                s = _mm256_fmadd_ps(ld(q + i, hd - i), ld_kv(a->k, j * kv_ld + kv_off + i, hd - i, F16), s);
-            score[j] = hsum8(s) * a->scale;
-        }
-        softmax(score, n_keys);
-        float *out = a->out + t * q_ld + (size_t)h * hd; // (hd)
+    const size_t kl = a->kv_row_ld, k0 = lp_attn_kv_off(a, h);
+    const __m128 scale = _mm_set1_ps(a->scale);
+    int j = 0;
+    for (; j + 4 <= n_keys; j += 4) {
+        __m256 s[4];
+        _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) s[u] = _mm256_setzero_ps();
         for (int i = 0; i < hd; i += 8) {
-            const int m = hd - i;
-            __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();
-            int j = 0;
-            for (; j + 2 <= n_keys; j += 2) {
-                o0 = _mm256_fmadd_ps(_mm256_set1_ps(score[j]), ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), o0);
-                o1 = _mm256_fmadd_ps(_mm256_set1_ps(score[j + 1]), ld_kv(a->v, (j + 1) * kv_ld + kv_off + i, m, F16), o1);
-            }
-            if (j < n_keys)
-                o0 = _mm256_fmadd_ps(_mm256_set1_ps(score[j]), ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), o0);
-            st(out + i, _mm256_add_ps(o0, o1), m);
+            const __m256 qi = ld(q + i, hd - i);
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)
+                s[u] = _mm256_fmadd_ps(qi, ld_kv(a->k, k0 + (j + u) * kl + i, hd - i, F16), s[u]);
         }
-        if (a->probs) {
-            float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
-            memcpy(p, score, (size_t)n_keys * sizeof *p);
-            memset(p + n_keys, 0, (size_t)(a->probs_ld - n_keys) * sizeof *p);
-        }
+        _mm_storeu_ps(S + j, _mm_mul_ps(hsum8x4(s[0], s[1], s[2], s[3]), scale));
+    }
+    for (; j < n_keys; j++) {
+        __m256 s0 = _mm256_setzero_ps();
+        for (int i = 0; i < hd; i += 8)
+            s0 = _mm256_fmadd_ps(ld(q + i, hd - i), ld_kv(a->k, k0 + j * kl + i, hd - i, F16), s0);
+        S[j] = hsum8(s0) * a->scale;
     }
 }
+
+/* out[d0, d0 + 8*NA) over the keys: NA register accumulators, key by key,
+ * so the values are read once, in order. */
+LP_INLINE void decode_values_part(const lp_attn_args *a, int h, const float *S, int n_keys,
+                                  float *out, int d0, const int NA, const int F16) {
+    const int hd = a->head_dim;
+    const size_t kl = a->kv_row_ld, v0 = lp_attn_kv_off(a, h) + d0;
+    __m256 o[8];
+    _Pragma("GCC unroll 8") for (int u = 0; u < NA; u++) o[u] = _mm256_setzero_ps();
+    for (int j = 0; j < n_keys; j++) {
+        const __m256 p = _mm256_set1_ps(S[j]);
+        _Pragma("GCC unroll 8") for (int u = 0; u < NA; u++)
+            o[u] = _mm256_fmadd_ps(p, ld_kv(a->v, v0 + j * kl + 8 * u, hd - d0 - 8 * u, F16), o[u]);
+    }
+    _Pragma("GCC unroll 8") for (int u = 0; u < NA; u++) st(out + d0 + 8 * u, o[u], hd - d0 - 8 * u);
+}
+
+static void decode_values(const lp_attn_args *a, int h, const float *S, int n_keys, float *out,
+                          const int F16) {
+    for (int d0 = 0; d0 < a->head_dim; d0 += 64)
+        switch ((a->head_dim - d0 + 7) / 8) { /* vectors left: 8 or more is 8 */
+        case 1: decode_values_part(a, h, S, n_keys, out, d0, 1, F16); break;
+        case 2: decode_values_part(a, h, S, n_keys, out, d0, 2, F16); break;
+        case 3: decode_values_part(a, h, S, n_keys, out, d0, 3, F16); break;
+        case 4: decode_values_part(a, h, S, n_keys, out, d0, 4, F16); break;
+        case 5: decode_values_part(a, h, S, n_keys, out, d0, 5, F16); break;
+        case 6: decode_values_part(a, h, S, n_keys, out, d0, 6, F16); break;
+        case 7: decode_values_part(a, h, S, n_keys, out, d0, 7, F16); break;
+        default: decode_values_part(a, h, S, n_keys, out, d0, 8, F16); break;
+        }
+}
+
+static void decode_scores_f32(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    decode_scores(a, h, q, n, S, 0);
+}
+static void decode_scores_f16(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    decode_scores(a, h, q, n, S, 1);
+}
+static void decode_values_f32(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    decode_values(a, h, S, n, out, 0);
+}
+static void decode_values_f16(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    decode_values(a, h, S, n, out, 1);
+}
+
+static const lp_attn_decode_ops decode_ops_f32 = {decode_scores_f32, decode_values_f32, softmax};
+static const lp_attn_decode_ops decode_ops_f16 = {decode_scores_f16, decode_values_f16, softmax};
 
 /* Prefill: 8 queries at a time, one per lane: the vector half of
  * attn_block.h's blocked kernel. */
@@ -643,11 +685,10 @@ static const lp_attn_block_ops attn8_ops = {attn8_load_chunk, attn8_scores, attn
 
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 void lp_avx2_attention(const lp_attn_args *a, int h0, int h1) {
-    for (int h = h0; h < h1; h++) {
-        if (a->T >= LP_ATTN_MIN_T) lp_attn_head_blocked(a, h, 8, &attn8_ops);
-        else if (a->kv_type == LP_F16) attn_head(a, h, 1);
-        else attn_head(a, h, 0);
-    }
+    if (a->T < LP_ATTN_MIN_T)
+        lp_attn_decode(a, h0, h1, a->kv_type == LP_F16 ? &decode_ops_f16 : &decode_ops_f32);
+    else
+        for (int h = h0; h < h1; h++) lp_attn_head_blocked(a, h, 8, &attn8_ops);
 }
 
 /* ---------------------------------------------------------------- table */

@@ -45,13 +45,19 @@ typedef struct {
 
 /* Arguments of one attention call: T queries at absolute positions
  * pos0..pos0+T-1, each attending causally to keys 0..its own position.
- * Grouped-query: query head h reads KV head h / (n_heads / n_kv_heads). */
+ * Grouped-query: query head h reads KV head h / (n_heads / n_kv_heads).
+ * The cache layout is given by two strides: the session keeps each KV
+ * head's keys contiguous (kv_row_ld = head_dim, kv_head_ld = n_ctx *
+ * head_dim), so a thread taking some heads reads whole blocks of memory. */
 typedef struct {
     int T, pos0;
     int n_heads, n_kv_heads, head_dim;
     float scale;          /* usually 1/sqrt(head_dim) */
     const float *q;       /* (T, n_heads*head_dim) */
-    const void *k, *v;    /* (n_ctx, n_kv_heads*head_dim), kv_type elements */
+    const void *k, *v;    /* key/value j of KV head g: head_dim kv_type elements
+                             at j * kv_row_ld + g * kv_head_ld */
+    size_t kv_row_ld;     /* elements from one position to the next */
+    size_t kv_head_ld;    /* elements from one KV head to the next */
     lp_dtype kv_type;     /* LP_F32 or LP_F16 */
     float *out;           /* (T, n_heads*head_dim) */
     float *probs;         /* optional (n_heads, T, probs_ld) softmax weights;
@@ -60,6 +66,11 @@ typedef struct {
     float *scratch;       /* per-thread scratch of lp_attn_scratch_floats(pos0+T,
                              head_dim) floats, 64-byte aligned */
 } lp_attn_args;
+
+/* Where query head h's KV head starts in k and v, in elements. */
+static inline size_t lp_attn_kv_off(const lp_attn_args *a, int h) {
+    return (size_t)(h / (a->n_heads / a->n_kv_heads)) * a->kv_head_ld;
+}
 
 /* Blocked prefill attention (avx512.c, avx2.c, neon.c) takes up to
  * LP_ATTN_QB queries at a time, one per vector lane, and copies keys and

@@ -529,41 +529,84 @@ LP_INLINE float32x4_t ld_kv(const void *base, size_t idx, int m, const int F16) 
     return F16 ? ld_h((const uint16_t *)base + idx, m) : ld((const float *)base + idx, m);
 }
 
-LP_INLINE void attn_head(const lp_attn_args *a, int h, const int F16) {
+/* Decode: the vector half of attn_block.h's lp_attn_decode. Scores four
+ * keys at a time: four independent FMA chains. */
+static void decode_scores(const lp_attn_args *a, int h, const float *q, int n_keys, float *S,
+                          const int F16) {
     const int hd = a->head_dim;
-    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
-    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
-    const size_t kv_off = (size_t)(h / (a->n_heads / a->n_kv_heads)) * hd;
-    float *score = a->scratch; // (pos0+T)
-    for (int t = 0; t < a->T; t++) {
-        const int n_keys = a->pos0 + t + 1;
-        const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)
-        for (int j = 0; j < n_keys; j++) {
-            float32x4_t s = vdupq_n_f32(0);
-            for (int i = 0; i < hd; i += 4)
-                s = vfmaq_f32(s, ld(q + i, hd - i), ld_kv(a->k, j * kv_ld + kv_off + i, hd - i, F16));
-            score[j] = vaddvq_f32(s) * a->scale;
-        }
-        softmax(score, n_keys);
-        float *out = a->out + t * q_ld + (size_t)h * hd; // (hd)
+    const size_t kl = a->kv_row_ld, k0 = lp_attn_kv_off(a, h);
+    int j = 0;
+    for (; j + 4 <= n_keys; j += 4) {
+        float32x4_t s[4];
+        _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) s[u] = vdupq_n_f32(0);
         for (int i = 0; i < hd; i += 4) {
-            const int m = hd - i;
-            float32x4_t o0 = vdupq_n_f32(0), o1 = vdupq_n_f32(0);
-            int j = 0;
-            for (; j + 2 <= n_keys; j += 2) {
-                o0 = vfmaq_n_f32(o0, ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), score[j]);
-                o1 = vfmaq_n_f32(o1, ld_kv(a->v, (j + 1) * kv_ld + kv_off + i, m, F16), score[j + 1]);
-            }
-            if (j < n_keys) o0 = vfmaq_n_f32(o0, ld_kv(a->v, j * kv_ld + kv_off + i, m, F16), score[j]);
-            st(out + i, vaddq_f32(o0, o1), m);
+            const float32x4_t qi = ld(q + i, hd - i);
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)
+                s[u] = vfmaq_f32(s[u], qi, ld_kv(a->k, k0 + (j + u) * kl + i, hd - i, F16));
         }
-        if (a->probs) {
-            float *p = a->probs + ((size_t)h * a->T + t) * a->probs_ld; // (probs_ld)
-            memcpy(p, score, (size_t)n_keys * sizeof *p);
-            memset(p + n_keys, 0, (size_t)(a->probs_ld - n_keys) * sizeof *p);
-        }
+        const float32x4_t sum = vpaddq_f32(vpaddq_f32(s[0], s[1]), vpaddq_f32(s[2], s[3]));
+        vst1q_f32(S + j, vmulq_n_f32(sum, a->scale));
+    }
+    for (; j < n_keys; j++) {
+        float32x4_t s0 = vdupq_n_f32(0);
+        for (int i = 0; i < hd; i += 4)
+            s0 = vfmaq_f32(s0, ld(q + i, hd - i), ld_kv(a->k, k0 + j * kl + i, hd - i, F16));
+        S[j] = vaddvq_f32(s0) * a->scale;
     }
 }
+
+/* out[d0, d0 + 4*NA) over the keys: NA register accumulators, key by key,
+ * so the values are read once, in order. */
+LP_INLINE void decode_values_part(const lp_attn_args *a, int h, const float *S, int n_keys,
+                                  float *out, int d0, const int NA, const int F16) {
+    const int hd = a->head_dim;
+    const size_t kl = a->kv_row_ld, v0 = lp_attn_kv_off(a, h) + d0;
+    float32x4_t o[16];
+    _Pragma("GCC unroll 16") for (int u = 0; u < NA; u++) o[u] = vdupq_n_f32(0);
+    for (int j = 0; j < n_keys; j++)
+        _Pragma("GCC unroll 16") for (int u = 0; u < NA; u++)
+            o[u] = vfmaq_n_f32(o[u], ld_kv(a->v, v0 + j * kl + 4 * u, hd - d0 - 4 * u, F16), S[j]);
+    _Pragma("GCC unroll 16") for (int u = 0; u < NA; u++) st(out + d0 + 4 * u, o[u], hd - d0 - 4 * u);
+}
+
+static void decode_values(const lp_attn_args *a, int h, const float *S, int n_keys, float *out,
+                          const int F16) {
+    for (int d0 = 0; d0 < a->head_dim; d0 += 64)
+        switch ((a->head_dim - d0 + 3) / 4 < 16 ? (a->head_dim - d0 + 3) / 4 : 16) {
+        case 1: decode_values_part(a, h, S, n_keys, out, d0, 1, F16); break;
+        case 2: decode_values_part(a, h, S, n_keys, out, d0, 2, F16); break;
+        case 3: decode_values_part(a, h, S, n_keys, out, d0, 3, F16); break;
+        case 4: decode_values_part(a, h, S, n_keys, out, d0, 4, F16); break;
+        case 5: decode_values_part(a, h, S, n_keys, out, d0, 5, F16); break;
+        case 6: decode_values_part(a, h, S, n_keys, out, d0, 6, F16); break;
+        case 7: decode_values_part(a, h, S, n_keys, out, d0, 7, F16); break;
+        case 8: decode_values_part(a, h, S, n_keys, out, d0, 8, F16); break;
+        case 9: decode_values_part(a, h, S, n_keys, out, d0, 9, F16); break;
+        case 10: decode_values_part(a, h, S, n_keys, out, d0, 10, F16); break;
+        case 11: decode_values_part(a, h, S, n_keys, out, d0, 11, F16); break;
+        case 12: decode_values_part(a, h, S, n_keys, out, d0, 12, F16); break;
+        case 13: decode_values_part(a, h, S, n_keys, out, d0, 13, F16); break;
+        case 14: decode_values_part(a, h, S, n_keys, out, d0, 14, F16); break;
+        case 15: decode_values_part(a, h, S, n_keys, out, d0, 15, F16); break;
+        default: decode_values_part(a, h, S, n_keys, out, d0, 16, F16); break;
+        }
+}
+
+static void decode_scores_f32(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    decode_scores(a, h, q, n, S, 0);
+}
+static void decode_scores_f16(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    decode_scores(a, h, q, n, S, 1);
+}
+static void decode_values_f32(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    decode_values(a, h, S, n, out, 0);
+}
+static void decode_values_f16(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    decode_values(a, h, S, n, out, 1);
+}
+
+static const lp_attn_decode_ops decode_ops_f32 = {decode_scores_f32, decode_values_f32, softmax};
+static const lp_attn_decode_ops decode_ops_f16 = {decode_scores_f16, decode_values_f16, softmax};
 
 /* Prefill: 8 queries at a time, one per lane of two vectors: the vector
  * half of attn_block.h's blocked kernel. Rows of S, Qt and Ot are 8
@@ -663,11 +706,10 @@ static const lp_attn_block_ops attn8_ops = {attn8_load_chunk, attn8_scores, attn
 
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 static void attention(const lp_attn_args *a, int h0, int h1) {
-    for (int h = h0; h < h1; h++) {
-        if (a->T >= LP_ATTN_MIN_T) lp_attn_head_blocked(a, h, 8, &attn8_ops);
-        else if (a->kv_type == LP_F16) attn_head(a, h, 1);
-        else attn_head(a, h, 0);
-    }
+    if (a->T < LP_ATTN_MIN_T)
+        lp_attn_decode(a, h0, h1, a->kv_type == LP_F16 ? &decode_ops_f16 : &decode_ops_f32);
+    else
+        for (int h = h0; h < h1; h++) lp_attn_head_blocked(a, h, 8, &attn8_ops);
 }
 
 /* --------------------------------------------------------------- tables */

@@ -155,12 +155,11 @@ static void softmax(float *x, int n);
 
 static void attention(const lp_attn_args *a, int h0, int h1) {
     const int hd = a->head_dim;
-    const int group = a->n_heads / a->n_kv_heads;
-    const size_t q_ld = (size_t)a->n_heads * hd;     // row stride of q, out
-    const size_t kv_ld = (size_t)a->n_kv_heads * hd; // row stride of k, v
+    const size_t q_ld = (size_t)a->n_heads * hd; // row stride of q, out
+    const size_t kv_ld = a->kv_row_ld;            // row stride of k, v
     float *score = a->scratch;                        // (pos0+T)
     for (int h = h0; h < h1; h++) {
-        const size_t kv_off = (size_t)(h / group) * hd;
+        const size_t kv_off = lp_attn_kv_off(a, h);
         for (int t = 0; t < a->T; t++) {
             const int n_keys = a->pos0 + t + 1; // causal: keys 0..own position
             const float *q = a->q + t * q_ld + (size_t)h * hd; // (hd)

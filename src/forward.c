@@ -216,6 +216,22 @@ static int lp_reserve_pattern(loupe_session *s, size_t n) {
     return 1;
 }
 
+/* Appends T new rows (T, K*D) at positions pos0.. of one layer's cache,
+ * which keeps each KV head's rows together: (K, n_ctx, D). Attention
+ * then reads every head's keys as one block, and threads taking different
+ * heads read different memory. */
+static void lp_kv_store(loupe_session *s, uint8_t *layer, const float *rows, int T, int pos0) {
+    const lp_hparams *hp = &s->m->hp;
+    const int K = hp->n_kv_heads, D = hp->head_dim;
+    for (int t = 0; t < T; t++)
+        for (int g = 0; g < K; g++) {
+            const float *src = rows + ((size_t)t * K + g) * D; // (D)
+            const size_t at = ((size_t)g * s->n_ctx + pos0 + t) * D;
+            if (s->kv_type == LP_F16) lp_kern()->f32_to_f16(src, (uint16_t *)(void *)layer + at, D);
+            else memcpy((float *)(void *)layer + at, src, (size_t)D * sizeof(float));
+        }
+}
+
 /* x (T, C) += attention block of layer l. Returns 1 if a hook aborted. */
 static int lp_attention_forward(loupe_session *s, int l, int T) {
     const loupe_model *m = s->m;
@@ -226,25 +242,19 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     int pos0 = s->pos;
     size_t elt = s->kv_type == LP_F16 ? sizeof(uint16_t) : sizeof(float);
     size_t layer_off = (size_t)l * s->n_ctx * kv_dim * elt; /* bytes */
-    uint8_t *k_layer = (uint8_t *)s->k_cache + layer_off;   /* (n_ctx, K*D) */
-    uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (n_ctx, K*D) */
-    /* new keys/values (T, K*D): straight into an f32 cache, else staged */
-    float *kc = s->kv_type == LP_F32 ? (float *)(k_layer + (size_t)pos0 * kv_dim * elt) : s->kbuf;
-    float *vc = s->kv_type == LP_F32 ? (float *)(v_layer + (size_t)pos0 * kv_dim * elt) : s->vbuf;
+    uint8_t *k_layer = (uint8_t *)s->k_cache + layer_off;   /* (K, n_ctx, D) */
+    uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (K, n_ctx, D) */
 
     lp_norm_rows(m, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
-    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq}, {kc, kv_dim, &L->wk},
-                                  {vc, kv_dim, &L->wv}};
+    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq}, {s->kbuf, kv_dim, &L->wk},
+                                  {s->vbuf, kv_dim, &L->wv}};
     lp_matmul_n(s, s->xn, T, 3, qkv);
     lp_add_bias(s->q, L->bq, T, q_dim);
-    lp_add_bias(kc, L->bk, T, kv_dim);
-    lp_add_bias(vc, L->bv, T, kv_dim);
-    if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, kc, T, pos0, kv_dim);
-    if (s->kv_type == LP_F16) {
-        const lp_kernels *k = lp_kern();
-        k->f32_to_f16(kc, (uint16_t *)k_layer + (size_t)pos0 * kv_dim, T * kv_dim);
-        k->f32_to_f16(vc, (uint16_t *)v_layer + (size_t)pos0 * kv_dim, T * kv_dim);
-    }
+    lp_add_bias(s->kbuf, L->bk, T, kv_dim);
+    lp_add_bias(s->vbuf, L->bv, T, kv_dim);
+    if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, s->kbuf, T, pos0, kv_dim);
+    lp_kv_store(s, k_layer, s->kbuf, T, pos0);
+    lp_kv_store(s, v_layer, s->vbuf, T, pos0);
 
     lp_attn_job j;
     memset(&j, 0, sizeof j);
@@ -257,6 +267,8 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     j.a.q = s->q;
     j.a.k = k_layer;
     j.a.v = v_layer;
+    j.a.kv_row_ld = (size_t)D;
+    j.a.kv_head_ld = (size_t)s->n_ctx * D;
     j.a.kv_type = s->kv_type;
     j.a.out = s->att;
     j.scratch = s->attn_scratch;

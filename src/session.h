@@ -21,10 +21,11 @@ struct loupe_session {
     int n_ctx;           /* KV cache capacity in positions */
     int pos;             /* tokens already in the cache */
     lp_pool *pool;
-    /* KV cache: (n_layers, n_ctx, n_kv_heads*head_dim) of kv_type */
+    /* KV cache: (n_layers, n_kv_heads, n_ctx, head_dim) of kv_type, each
+     * KV head's positions together (forward.c lp_kv_store) */
     lp_dtype kv_type;    /* LP_F32 or LP_F16 */
     void *k_cache, *v_cache;
-    float *kbuf, *vbuf;  /* (T, n_kv_heads*head_dim) f32 staging for an f16 cache */
+    float *kbuf, *vbuf;  /* (T, n_kv_heads*head_dim) new keys and values, f32 */
     /* token history (for repetition penalties): (n_ctx) */
     int32_t *history;
     /* scratch for a batch of up to cap_T tokens */

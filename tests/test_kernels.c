@@ -434,16 +434,21 @@ static const int ATTN[][7] = {
     /* blocks of 16 queries and chunks of 64 keys (avx512): partial blocks,
      * chunk edges, head_dim not a multiple of 16, GQA */
     {8, 0, 2, 1, 64, 0, 2},  {16, 0, 1, 1, 64, 0, 1}, {40, 30, 4, 2, 64, 1, 3},
-    {33, 0, 3, 3, 80, 0, 3}, {70, 100, 2, 2, 7, 0, 2}, {21, 43, 2, 1, 40, 0, 2}};
+    {33, 0, 3, 3, 80, 0, 3}, {70, 100, 2, 2, 7, 0, 2}, {21, 43, 2, 1, 40, 0, 2},
+    /* decode sweeps up to 16 heads at a time, 4 at a time and the rest */
+    {1, 20, 18, 6, 24, 0, 18}, {2, 60, 32, 4, 64, 1, 30}, {1, 7, 5, 5, 12, 0, 5}};
 
-/* Attention inputs of one shape, with a KV cache of n_ctx rows. */
+/* Attention inputs of one shape, with a KV cache of n_ctx rows: position
+ * by position (n_ctx, n_kv_heads, head_dim), or head by head (n_kv_heads,
+ * n_ctx, head_dim) as the session keeps it. */
 typedef struct {
     lp_attn_args a;
     float *q, *kf, *vf;
     uint16_t *kh, *vh;
 } attn_case;
 
-static void attn_setup(attn_case *ac, rng *g, const int *sh, lp_dtype kv, int with_probs) {
+static void attn_setup(attn_case *ac, rng *g, const int *sh, lp_dtype kv, int with_probs,
+                       int head_major) {
     const int T = sh[0], pos0 = sh[1], nh = sh[2], nkv = sh[3], hd = sh[4];
     const int n_ctx = pos0 + T + 2;
     memset(ac, 0, sizeof *ac);
@@ -463,6 +468,8 @@ static void attn_setup(attn_case *ac, rng *g, const int *sh, lp_dtype kv, int wi
     a->k = kv == LP_F16 ? (const void *)ac->kh : ac->kf;
     a->v = kv == LP_F16 ? (const void *)ac->vh : ac->vf;
     a->kv_type = kv;
+    a->kv_row_ld = head_major ? (size_t)hd : (size_t)nkv * hd;
+    a->kv_head_ld = head_major ? (size_t)n_ctx * hd : (size_t)hd;
     a->probs_ld = with_probs ? pos0 + T + 3 : 0;
     a->scratch = aligned_alloc(64, lp_attn_scratch_floats(pos0 + T, hd) * sizeof(float));
 }
@@ -474,25 +481,25 @@ static void attn_free(attn_case *ac) {
 static void case_attention(const lp_kernels *k, check_ctx *c, rng *g) {
     for (int s = 0; s < COUNT(ATTN); s++)
         for (int kv = 0; kv < 2; kv++)
-            for (int wp = 0; wp < 2; wp++) {
+            for (int wp = 0; wp < 4; wp++) { /* probs or not x layout */
                 const int *sh = ATTN[s];
                 attn_case ac;
-                attn_setup(&ac, g, sh, kv ? LP_F16 : LP_F32, wp);
+                attn_setup(&ac, g, sh, kv ? LP_F16 : LP_F32, wp & 1, wp >> 1);
                 const int n_out = sh[0] * sh[2] * sh[4];
-                const int n_p = wp ? sh[2] * sh[0] * ac.a.probs_ld : 0;
+                const int n_p = (wp & 1) ? sh[2] * sh[0] * ac.a.probs_ld : 0;
                 float *want = fill_vec(n_out + n_p, SENTINEL), *got = fill_vec(n_out + n_p, SENTINEL);
                 lp_attn_args a = ac.a;
-                a.out = want, a.probs = wp ? want + n_out : NULL;
+                a.out = want, a.probs = (wp & 1) ? want + n_out : NULL;
                 lp_kernels_scalar.attention(&a, sh[5], sh[6]);
-                a.out = got, a.probs = wp ? got + n_out : NULL;
+                a.out = got, a.probs = (wp & 1) ? got + n_out : NULL;
                 k->attention(&a, sh[5], sh[6]);
                 /* outputs and probabilities are in [-1, 1]; a score error
                  * e changes a probability by a factor (1 + e) */
                 double *sc = dvec(n_out + n_p);
                 for (int i = 0; i < n_out + n_p; i++) sc[i] = want[i] == SENTINEL ? 0.0 : 1.0;
-                snprintf(c->shape, sizeof c->shape, "T=%d pos0=%d heads=%d/%d hd=%d h=[%d,%d) %s%s",
+                snprintf(c->shape, sizeof c->shape, "T=%d pos0=%d heads=%d/%d hd=%d h=[%d,%d) %s%s%s",
                          sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], sh[6], kv ? "f16" : "f32",
-                         wp ? " probs" : "");
+                         (wp & 1) ? " probs" : "", (wp >> 1) ? " head-major" : "");
                 check(c, got, want, sc, n_out + n_p);
                 free(want), free(got), free(sc);
                 attn_free(&ac);
@@ -1105,11 +1112,12 @@ static void test_scalar_attention(void **state) {
     rng g = {99};
     static const int shapes[][5] = {{3, 4, 4, 2, 8}, {1, 0, 2, 1, 5}, {4, 2, 6, 3, 16}};
     for (int s = 0; s < COUNT(shapes); s++)
-        for (int kv = 0; kv < 2; kv++) {
+        for (int kv = 0; kv < 4; kv++) { /* f32 or f16 x layout */
             attn_case ac;
-            attn_setup(&ac, &g, shapes[s], kv ? LP_F16 : LP_F32, 1);
+            attn_setup(&ac, &g, shapes[s], (kv & 1) ? LP_F16 : LP_F32, 1, kv >> 1);
             const lp_attn_args *A = &ac.a;
             const int T = A->T, nh = A->n_heads, hd = A->head_dim, nkv = A->n_kv_heads;
+            const int f16 = kv & 1;
             float *out = malloc((size_t)T * nh * hd * 4);
             float *probs = malloc((size_t)nh * T * A->probs_ld * 4);
             lp_attn_args a = *A;
@@ -1122,8 +1130,8 @@ static void test_scalar_attention(void **state) {
                     for (int j = 0; j < nk; j++) {
                         double d = 0;
                         for (int i = 0; i < hd; i++) {
-                            const size_t idx = (size_t)j * nkv * hd + kh * hd + i;
-                            const double kk = kv ? lp_f16_to_f32(ac.kh[idx]) : ac.kf[idx];
+                            const size_t idx = j * A->kv_row_ld + kh * A->kv_head_ld + i;
+                            const double kk = f16 ? lp_f16_to_f32(ac.kh[idx]) : ac.kf[idx];
                             d += (double)A->q[(t * nh + h) * hd + i] * kk;
                         }
                         sc[j] = d / sqrt(hd);
@@ -1136,8 +1144,8 @@ static void test_scalar_attention(void **state) {
                     for (int i = 0; i < hd; i++) {
                         double o = 0;
                         for (int j = 0; j < nk; j++) {
-                            const size_t idx = (size_t)j * nkv * hd + kh * hd + i;
-                            o += sc[j] / sum * (kv ? lp_f16_to_f32(ac.vh[idx]) : ac.vf[idx]);
+                            const size_t idx = j * A->kv_row_ld + kh * A->kv_head_ld + i;
+                            o += sc[j] / sum * (f16 ? lp_f16_to_f32(ac.vh[idx]) : ac.vf[idx]);
                         }
                         assert_true(fabs(out[(t * nh + h) * hd + i] - o) < 1e-5);
                     }
