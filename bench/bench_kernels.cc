@@ -220,7 +220,10 @@ struct AttnShape {
     int n_heads, n_kv_heads, head_dim;
 };
 
-const AttnShape kAttn[] = {{"gpt2", 12, 12, 64}, {"tinyllama", 32, 4, 64}};
+const AttnShape kAttn[] = {{"gpt2", 12, 12, 64},
+                           {"tinyllama", 32, 4, 64},
+                           {"llama3.2-1b", 32, 8, 64},
+                           {"qwen2.5-0.5b", 14, 2, 64}};
 
 // T queries at positions pos0.. over a cache of pos0+T keys, all heads.
 // Decode (T = 1) rotates over copies of the cache that together exceed the

@@ -435,8 +435,10 @@ static const int ATTN[][7] = {
      * chunk edges, head_dim not a multiple of 16, GQA */
     {8, 0, 2, 1, 64, 0, 2},  {16, 0, 1, 1, 64, 0, 1}, {40, 30, 4, 2, 64, 1, 3},
     {33, 0, 3, 3, 80, 0, 3}, {70, 100, 2, 2, 7, 0, 2}, {21, 43, 2, 1, 40, 0, 2},
-    /* decode sweeps up to 16 heads at a time, 4 at a time and the rest */
-    {1, 20, 18, 6, 24, 0, 18}, {2, 60, 32, 4, 64, 1, 30}, {1, 7, 5, 5, 12, 0, 5}};
+    /* decode: GQA groups of 3..12 heads, ranges of whole and partial groups */
+    {1, 20, 18, 6, 24, 0, 18}, {2, 60, 32, 4, 64, 1, 30}, {1, 7, 5, 5, 12, 0, 5},
+    {1, 33, 32, 4, 64, 0, 32}, {3, 5, 8, 2, 40, 4, 8}, {2, 70, 12, 1, 24, 0, 12},
+    {1, 64, 16, 4, 7, 0, 16}};
 
 /* Attention inputs of one shape, with a KV cache of n_ctx rows: position
  * by position (n_ctx, n_kv_heads, head_dim), or head by head (n_kv_heads,
