@@ -66,6 +66,8 @@ def speeds(dirs, name, pp, tg):
             recs += load_json(path) or []
     out = {}
     for r in recs:
+        if r.get("n_depth", 0):
+            continue
         if r["n_prompt"] == pp and r["n_gen"] == 0:
             out[("pp", r["n_threads"])] = median_ts(r)
         elif r["n_prompt"] == 0 and r["n_gen"] == tg:

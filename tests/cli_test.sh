@@ -215,5 +215,23 @@ without=$(cat "$TMP/out")
 run info "$STORIES"
 [ "$rc" -eq 0 ] && [ -s "$TMP/out" ] && ok "info prints a report" || bad "info" "exit $rc $(cat "$TMP/err")"
 
+# ---------------------------------------------------------------- bench
+# -d: tests run with that many tokens already in the cache; the depth counts
+# toward the context (stories260K: 2048), and --json reports n_depth.
+run bench -m "$STORIES" -p 4 -n 8 -d 0,2040 -t 1 -r 1 --json
+"$PY" - "$TMP/out" <<'EOF' && ok "bench -d: n_depth and tests in --json" || bad "bench -d --json" "exit $rc" "$(cat "$TMP/out" "$TMP/err")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+got = [(r["n_prompt"], r["n_gen"], r["n_depth"], r["n_threads"]) for r in d]
+assert got == [(4, 0, 0, 1), (0, 8, 0, 1), (4, 0, 2040, 1), (0, 8, 2040, 1)], got
+assert all(r["avg_ts"] > 0 and len(r["samples_ns"]) == 1 for r in d)
+EOF
+run bench -m "$STORIES" -p 0 -n 8 -d 2041 -t 1 -r 1
+[ "$rc" -eq 1 ] && grep -q "test of 8 tokens at depth 2041 exceeds the model's context of 2048" "$TMP/err" \
+    && ok "bench -d beyond the context: error" || bad "bench -d beyond context" "exit $rc" "$(cat "$TMP/err")"
+run bench -m "$STORIES" -d 1,x
+[ "$rc" -eq 2 ] && grep -q -- "-d: expected" "$TMP/err" && ok "bench -d malformed: usage error" \
+    || bad "bench -d malformed" "exit $rc" "$(cat "$TMP/err")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

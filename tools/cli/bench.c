@@ -3,6 +3,8 @@
  * llama-bench. Each test runs once to warm up, then -r times; the table
  * gives mean ± standard deviation of tokens/s; --json prints one object per
  * test with llama-bench's field names so both tools' output can be joined.
+ * -d runs each test with that many tokens already in the KV cache (filled,
+ * untimed, before every run), as llama-bench's -d: decode speed at depth.
  */
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +23,8 @@ static const char bench_help[] =
     "  -p, --n-prompt LIST   prompt lengths, comma-separated (default 512; 0 = skip)\n"
     "  -n, --n-gen LIST      generation lengths (default 128; 0 = skip)\n"
     "  -t, --threads LIST    thread counts (default: all cores)\n"
+    "  -d, --n-depth LIST    tokens already in the KV cache when each test\n"
+    "                        starts, filled untimed before every run (default 0)\n"
     "  -r, --repetitions N   timed runs per test after one warm-up (default 5)\n"
     "  --kv-f16              fp16 KV cache\n"
     "  --capture HOOK        record a hook point while running (e.g.\n"
@@ -61,11 +65,14 @@ static void fill_tokens(int32_t *ids, int n, int n_vocab) {
     }
 }
 
-/* One timed run: pp evaluates n_prompt tokens in one call; tg decodes n_gen
- * tokens one at a time from an empty cache. Returns ns, or -1 on error. */
-static double run_once(loupe_session *s, const int32_t *ids, int n_prompt, int n_gen,
-                       float *logits) {
+/* One timed run after n_depth untimed tokens: pp evaluates n_prompt tokens
+ * in one call; tg decodes n_gen tokens one at a time. Returns ns, or -1 on
+ * error. */
+static double run_once(loupe_session *s, const int32_t *ids, int n_depth, int n_prompt,
+                       int n_gen, float *logits) {
     loupe_session_reset(s);
+    if (n_depth > 0 && loupe_eval(s, ids, n_depth, logits, 0) != LOUPE_OK) return -1;
+    ids += n_depth;
     double t0 = now_ns();
     if (n_prompt > 0 && loupe_eval(s, ids, n_prompt, logits, 0) != LOUPE_OK) return -1;
     for (int i = 0; i < n_gen; i++)
@@ -80,8 +87,8 @@ typedef struct {
     const char *capture; /* hook name or NULL */
 } bench_ctx;
 
-static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const double *ns,
-                   int reps) {
+static void report(bench_ctx *c, int threads, int n_depth, int n_prompt, int n_gen,
+                   const double *ns, int reps) {
     int n_tok = n_prompt + n_gen;
     double mean_ns = 0, mean_ts = 0, sd_ns = 0, sd_ts = 0;
     for (int r = 0; r < reps; r++) {
@@ -96,9 +103,10 @@ static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const dou
     sd_ns = sqrt(sd_ns);
     sd_ts = sqrt(sd_ts);
     char test[48];
-    snprintf(test, sizeof test, n_prompt ? "pp%d" : "tg%d", n_prompt ? n_prompt : n_gen);
+    int at = snprintf(test, sizeof test, n_prompt ? "pp%d" : "tg%d", n_prompt ? n_prompt : n_gen);
+    if (n_depth) snprintf(test + at, sizeof test - (size_t)at, " @ d%d", n_depth);
     if (!c->json) {
-        printf("| %-28.28s | %9.2f MiB | %8.2f M | %-7s | %7d | %8s | %10.2f ± %-7.2f |\n",
+        printf("| %-28.28s | %9.2f MiB | %8.2f M | %-7s | %7d | %14s | %10.2f ± %-7.2f |\n",
                c->model, c->size / 1048576.0, c->n_params / 1e6, loupe_isa(), threads, test,
                mean_ts, sd_ts);
         fflush(stdout);
@@ -106,10 +114,10 @@ static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const dou
     }
     printf("%s  {\"model_filename\": \"%s\", \"model_size\": %llu, \"model_n_params\": %llu, "
            "\"backend\": \"CPU\", \"isa\": \"%s\", \"n_threads\": %d, \"n_prompt\": %d, "
-           "\"n_gen\": %d, \"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, "
+           "\"n_gen\": %d, \"n_depth\": %d, \"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, "
            "\"stddev_ts\": %.6f, \"samples_ns\": [",
            c->first_json ? "[\n" : ",\n", c->model, (unsigned long long)c->size,
-           (unsigned long long)c->n_params, loupe_isa(), threads, n_prompt, n_gen, mean_ns,
+           (unsigned long long)c->n_params, loupe_isa(), threads, n_prompt, n_gen, n_depth, mean_ns,
            sd_ns, mean_ts, sd_ts);
     for (int r = 0; r < reps; r++) printf("%s%.0f", r ? ", " : "", ns[r]);
     printf("]}");
@@ -117,14 +125,14 @@ static void report(bench_ctx *c, int threads, int n_prompt, int n_gen, const dou
     fflush(stdout);
 }
 
-static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prompt,
-                     int n_gen, int reps) {
+static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_depth,
+                     int n_prompt, int n_gen, int reps) {
     loupe_model_info info;
     loupe_model_get_info(m, &info);
-    int need = n_prompt + n_gen;
+    int need = n_depth + n_prompt + n_gen;
     if (need > info.n_ctx)
-        return cli_fail("test of %d tokens exceeds the model's context of %d", need,
-                        info.n_ctx);
+        return cli_fail("test of %d tokens at depth %d exceeds the model's context of %d",
+                        n_prompt + n_gen, n_depth, info.n_ctx);
     loupe_session_params sp = {.n_ctx = need, .n_threads = threads, .kv_f16 = c->kv_f16};
     loupe_session *s;
     if (loupe_session_new(m, &sp, &s) != LOUPE_OK) return cli_fail(NULL);
@@ -141,10 +149,11 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
         rc = cli_fail("out of memory");
     } else {
         fill_tokens(ids, need + 1, info.n_vocab);
-        if (run_once(s, ids, n_prompt, n_gen, logits) < 0) rc = cli_fail(NULL); /* warm-up */
+        if (run_once(s, ids, n_depth, n_prompt, n_gen, logits) < 0) rc = cli_fail(NULL); /* warm-up */
         for (int r = 0; r < reps && !rc; r++)
-            if ((ns[r] = run_once(s, ids, n_prompt, n_gen, logits)) < 0) rc = cli_fail(NULL);
-        if (!rc) report(c, threads, n_prompt, n_gen, ns, reps);
+            if ((ns[r] = run_once(s, ids, n_depth, n_prompt, n_gen, logits)) < 0)
+                rc = cli_fail(NULL);
+        if (!rc) report(c, threads, n_depth, n_prompt, n_gen, ns, reps);
     }
     free(ids);
     free(logits);
@@ -155,13 +164,14 @@ static int bench_one(bench_ctx *c, const loupe_model *m, int threads, int n_prom
 }
 
 int cli_bench(int argc, char **argv) {
-    const char *model = NULL, *pp = "512", *tg = "128", *th = NULL, *isa = NULL;
+    const char *model = NULL, *pp = "512", *tg = "128", *th = NULL, *isa = NULL, *depth = "0";
     int reps = 5, json = 0, kv_f16 = 0;
     const char *capture = NULL;
     const cli_opt opts[] = {
         {"-m|--model", CLI_STR, &model, 0, 0, 0, NULL},
         {"-p|--n-prompt", CLI_STR, &pp, 0, 0, 0, NULL},
         {"-n|--n-gen", CLI_STR, &tg, 0, 0, 0, NULL},
+        {"-d|--n-depth", CLI_STR, &depth, 0, 0, 0, NULL},
         {"-t|--threads", CLI_STR, &th, 0, 0, 0, NULL},
         {"-r|--repetitions", CLI_INT, &reps, 1, 1000, 0, NULL},
         {"--json", CLI_FLAG, &json, 0, 0, 0, NULL},
@@ -169,17 +179,19 @@ int cli_bench(int argc, char **argv) {
         {"--capture", CLI_STR, &capture, 0, 0, 0, NULL},
         {"--isa", CLI_STR, &isa, 0, 0, 0, NULL},
     };
-    cli_spec spec = {"bench", "bench -m MODEL [-p 512] [-n 128] [-t 1,2] [-r 5] [--json]",
+    cli_spec spec = {"bench", "bench -m MODEL [-p 512] [-n 128] [-d 0] [-t 1,2] [-r 5] [--json]",
                      bench_help, opts, (int)(sizeof opts / sizeof opts[0]), NULL, 0, 0};
     int rc = cli_parse(&spec, argc, argv);
     if (rc) return rc < 0 ? 0 : rc;
     if (!model) return cli_usage_error(&spec, "no model given (-m PATH)");
-    int pps[BENCH_MAX_LIST], tgs[BENCH_MAX_LIST], ths[BENCH_MAX_LIST];
+    int pps[BENCH_MAX_LIST], tgs[BENCH_MAX_LIST], ths[BENCH_MAX_LIST], ds[BENCH_MAX_LIST];
     int n_pp = parse_list(pp, pps, 0), n_tg = parse_list(tg, tgs, 0);
+    int n_d = parse_list(depth, ds, 0);
     int n_th = th ? parse_list(th, ths, 1) : 1;
     if (!th) ths[0] = 0;
     if (n_pp < 0) return cli_usage_error(&spec, "-p: expected comma-separated counts >= 0");
     if (n_tg < 0) return cli_usage_error(&spec, "-n: expected comma-separated counts >= 0");
+    if (n_d < 1) return cli_usage_error(&spec, "-d: expected comma-separated counts >= 0");
     if (n_th < 1) return cli_usage_error(&spec, "-t: expected comma-separated counts >= 1");
     if (cli_select_isa(isa)) return 1;
 
@@ -194,17 +206,18 @@ int cli_bench(int argc, char **argv) {
                                                                   : info.weight_bytes,
                    info.n_params, json, 1, kv_f16, capture};
     if (!json)
-        printf("| %-28s | %13s | %10s | %-7s | %7s | %8s | %20s |\n"
-               "| %.28s | %.13s | %.10s | %.7s | %.7s | %.8s | %.20s |\n",
+        printf("| %-28s | %13s | %10s | %-7s | %7s | %14s | %20s |\n"
+               "| %.28s | %.13s | %.10s | %.7s | %.7s | %.14s | %.20s |\n",
                "model", "size", "params", "isa", "threads", "test", "t/s",
                "----------------------------", "-------------", "----------", "-------",
-               "------:", "-------:", "-------------------:");
-    for (int ti = 0; ti < n_th && !rc; ti++) {
-        for (int i = 0; i < n_pp && !rc; i++)
-            if (pps[i] > 0) rc = bench_one(&c, m, ths[ti], pps[i], 0, reps);
-        for (int i = 0; i < n_tg && !rc; i++)
-            if (tgs[i] > 0) rc = bench_one(&c, m, ths[ti], 0, tgs[i], reps);
-    }
+               "------:", "-------------:", "-------------------:");
+    for (int ti = 0; ti < n_th && !rc; ti++)
+        for (int di = 0; di < n_d && !rc; di++) {
+            for (int i = 0; i < n_pp && !rc; i++)
+                if (pps[i] > 0) rc = bench_one(&c, m, ths[ti], ds[di], pps[i], 0, reps);
+            for (int i = 0; i < n_tg && !rc; i++)
+                if (tgs[i] > 0) rc = bench_one(&c, m, ths[ti], ds[di], 0, tgs[i], reps);
+        }
     if (json && !c.first_json) printf("\n]\n");
     loupe_model_close(m);
     return rc;
