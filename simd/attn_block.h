@@ -10,9 +10,9 @@
  * cache (kv_row_ld = head_dim) that is one sequential read each.
  *
  * Prefill: the blocked kernel, avx512.c (16 lanes), avx2.c and neon.c (8
- * lanes): block layout,
- * transposing the queries in, the loop over key chunks, and writing the
- * outputs (and probabilities) back. Each ISA file supplies the vector half:
+ * lanes): block layout, transposing the queries in, the loop over key
+ * chunks, and writing the outputs (and probabilities) back. Each ISA file
+ * supplies the vector half:
  * copying a chunk of keys or values, scores, the lane-wise softmax, and
  * the value sums (lp_attn_block_ops).
  *
