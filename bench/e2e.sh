@@ -16,7 +16,9 @@
 #   FORMATS      files to bench [loupe-int8 loupe-f16 gguf-q8_0 gguf-f16]
 #   PP TG THREADS REPS   llama-bench style parameters [512 128 1,2 3]
 #   ROUNDS       interleaved loupe / llama.cpp rounds of the ab step [7]
-#   TESTS        what the ab step times: pp, tg or both ["pp tg"]
+#   TESTS        what the ab step times ["pp tg"]: pp, tg, and tgd (TG tokens
+#                decoded with DEPTH [512] already in the cache, both engines
+#                with an f16 KV cache: llama.cpp's default, loupe's --kv-f16)
 #   LLAMA_BENCH  path to a llama-bench binary: also runs it on the gguf files
 #   OUT          results dir [$MODELS_DIR/results/<date>]
 #   IDLE_MAX     most CPU (in % of all cores) others may use before a timed
@@ -42,6 +44,7 @@ MODELS=${MODELS:-gpt2 tinyllama}
 FORMATS=${FORMATS:-loupe-int8 loupe-f16 gguf-q8_0 gguf-f16}
 PP=${PP:-512}
 TG=${TG:-128}
+DEPTH=${DEPTH:-512}
 THREADS=${THREADS:-1,2}
 REPS=${REPS:-3}
 ROUNDS=${ROUNDS:-7}
@@ -243,13 +246,18 @@ step_bench() {
 # on the GGUF file with the same weights (loupe-int8 -> gguf-q8_0).
 step_ab() {
     [ -n "$LLAMA_BENCH" ] || die "the ab step needs LLAMA_BENCH"
-    local preset name fmt ref t test p n r f g
+    local preset name fmt ref t test p n d kv r f g
     for t in ${THREADS//,/ }; do
         for preset in $MODELS; do
             name=$(model_name "$preset")
             for test in $TESTS; do
-                p=0 n=0
-                if [ "$test" = pp ]; then p=$PP; else n=$TG; fi
+                p=0 n=0 d=0 kv=
+                case "$test" in
+                pp) p=$PP ;;
+                tg) n=$TG ;;
+                tgd) n=$TG d=$DEPTH kv=--kv-f16 ;;
+                *) die "TESTS: unknown test '$test' (pp tg tgd)" ;;
+                esac
                 for fmt in $FORMATS; do
                     case "$fmt" in *-int8 | *-q8_0) ref=gguf-q8_0 ;; *) ref=gguf-f16 ;; esac
                     f=$(model_file "$name" "$fmt")
@@ -258,9 +266,9 @@ step_ab() {
                     wait_idle "ab $name $fmt t=$t $test" "$IDLE_MAX"
                     log "ab: $(basename "$f") vs llama.cpp $(basename "$g") t=$t $test, $ROUNDS rounds"
                     for r in $(seq "$ROUNDS"); do
-                        "$BUILD/loupe" bench -m "$f" -p "$p" -n "$n" -t "$t" -r 1 --json \
+                        "$BUILD/loupe" bench -m "$f" -p "$p" -n "$n" -d "$d" $kv -t "$t" -r 1 --json \
                             2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "loupe", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
-                        "$LLAMA_BENCH" -m "$g" -p "$p" -n "$n" -t "$t" -r 1 -o json \
+                        "$LLAMA_BENCH" -m "$g" -p "$p" -n "$n" -d "$d" -t "$t" -r 1 -o json \
                             2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "llama.cpp", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
                     done > "$OUT/ab-$name-$fmt-t$t-$test.jsonl.part"
                     mv "$OUT/ab-$name-$fmt-t$t-$test.jsonl.part" "$OUT/ab-$name-$fmt-t$t-$test.jsonl"
@@ -423,7 +431,7 @@ step_pool() {
 
 step_report() {
     "$PY" "$HERE/e2e_report.py" "$OUT" --models "$MODELS" --formats "$FORMATS" \
-        --models-dir "$MODELS_DIR" --pp "$PP" --tg "$TG" > "$OUT/report.md"
+        --models-dir "$MODELS_DIR" --pp "$PP" --tg "$TG" --depth "$DEPTH" > "$OUT/report.md"
     cat "$OUT/report.md"
 }
 

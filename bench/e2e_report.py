@@ -125,13 +125,13 @@ def file_of(mdir, name, fmtname):
     return os.path.join(mdir, "%s-%s.%s" % (name, typ, kind))
 
 
-def ab_table(dirs, names, fmts, th, pp, tg):
+def ab_table(dirs, names, fmts, th, pp, tg, depth):
     """Rows of the interleaved step: ab-NAME-FMT-tT-TEST.jsonl, one record
     per engine and round (later directories win)."""
     rows = []
     for n in names:
         for f in fmts:
-            for test in ("pp", "tg"):
+            for test in ("pp", "tg", "tgd"):
                 for t in th:
                     path = find(dirs, "ab-%s-%s-t%d-%s.jsonl" % (n, f, t, test))
                     if not os.path.exists(path):
@@ -148,7 +148,8 @@ def ab_table(dirs, names, fmts, th, pp, tg):
                     ref = "gguf-q8_0" if f.endswith(("int8", "q8_0")) else "gguf-f16"
                     rows.append([PRETTY[n], os.path.basename(file_of("", n, f)),
                                  os.path.basename(file_of("", n, ref)),
-                                 "%s%d" % (test, pp if test == "pp" else tg), str(t),
+                                 "pp%d" % pp if test == "pp" else "tg%d" % tg if test == "tg"
+                                 else "tg%d @ d%d (f16 KV)" % (tg, depth), str(t),
                                  str(len(pairs)),
                                  fmt(statistics.median(x for x, _ in pairs), 2),
                                  fmt(statistics.median(y for _, y in pairs), 2),
@@ -201,6 +202,7 @@ def main():
     ap.add_argument("--models-dir", default="/work/bench-models")
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=512, help="DEPTH of the tgd test")
     ap.add_argument("--bw", help="threads:GB/s,... (default: membw.jsonl, else 1:14.6,2:26.8)")
     a = ap.parse_args()
     names = [NAMES[m] for m in a.models.split()]
@@ -254,7 +256,7 @@ def main():
                         [ratio(("pp", t)) for t in th] + [ratio(("tg", t)) for t in th])
     print(table(head, rows) if rows else "(no llama-bench results)")
 
-    ab_rows = ab_table(a.out, names, fmts, th, pp, tg)
+    ab_rows = ab_table(a.out, names, fmts, th, pp, tg, a.depth)
     if ab_rows:
         print("\n## Interleaved rounds: loupe ÷ llama.cpp, median of the per-round ratios\n")
         print("(`e2e.sh ab`: one repetition of each engine per round; the range of the ratios "
