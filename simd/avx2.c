@@ -534,8 +534,8 @@ LP_INLINE __m128 hsum8x4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 
 /* Decode: the vector half of attn_block.h's lp_attn_decode. Scores four
  * keys at a time: four independent FMA chains, one reduction. */
-static void decode_scores(const lp_attn_args *a, int h, const float *q, int n_keys, float *S,
-                          const int F16) {
+LP_INLINE void decode_scores_kv(const lp_attn_args *a, int h, const float *q, int n_keys,
+                                float *S, const int F16) {
     const int hd = a->head_dim;
     const size_t kl = a->kv_row_ld, k0 = lp_attn_kv_off(a, h);
     const __m128 scale = _mm_set1_ps(a->scale);
@@ -574,36 +574,32 @@ LP_INLINE void decode_values_part(const lp_attn_args *a, int h, const float *S, 
     _Pragma("GCC unroll 8") for (int u = 0; u < NA; u++) st(out + d0 + 8 * u, o[u], hd - d0 - 8 * u);
 }
 
-static void decode_values(const lp_attn_args *a, int h, const float *S, int n_keys, float *out,
-                          const int F16) {
-    for (int d0 = 0; d0 < a->head_dim; d0 += 64)
-        switch ((a->head_dim - d0 + 7) / 8) { /* vectors left: 8 or more is 8 */
-        case 1: decode_values_part(a, h, S, n_keys, out, d0, 1, F16); break;
-        case 2: decode_values_part(a, h, S, n_keys, out, d0, 2, F16); break;
-        case 3: decode_values_part(a, h, S, n_keys, out, d0, 3, F16); break;
-        case 4: decode_values_part(a, h, S, n_keys, out, d0, 4, F16); break;
-        case 5: decode_values_part(a, h, S, n_keys, out, d0, 5, F16); break;
-        case 6: decode_values_part(a, h, S, n_keys, out, d0, 6, F16); break;
-        case 7: decode_values_part(a, h, S, n_keys, out, d0, 7, F16); break;
-        default: decode_values_part(a, h, S, n_keys, out, d0, 8, F16); break;
-        }
+/* Widest slices first (64 dims, then halves): a head_dim that is not a
+ * multiple of 64 takes a few more passes over the values. */
+LP_INLINE void decode_values_kv(const lp_attn_args *a, int h, const float *S, int n_keys,
+                                float *out, const int F16) {
+    for (int d0 = 0; d0 < a->head_dim;) {
+        const int left = (a->head_dim - d0 + 7) / 8; /* vectors */
+        const int na = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        if (na == 8) decode_values_part(a, h, S, n_keys, out, d0, 8, F16);
+        else if (na == 4) decode_values_part(a, h, S, n_keys, out, d0, 4, F16);
+        else if (na == 2) decode_values_part(a, h, S, n_keys, out, d0, 2, F16);
+        else decode_values_part(a, h, S, n_keys, out, d0, 1, F16);
+        d0 += 8 * na;
+    }
 }
 
-static void decode_scores_f32(const lp_attn_args *a, int h, const float *q, int n, float *S) {
-    decode_scores(a, h, q, n, S, 0);
-}
-static void decode_scores_f16(const lp_attn_args *a, int h, const float *q, int n, float *S) {
-    decode_scores(a, h, q, n, S, 1);
-}
-static void decode_values_f32(const lp_attn_args *a, int h, const float *S, int n, float *out) {
-    decode_values(a, h, S, n, out, 0);
-}
-static void decode_values_f16(const lp_attn_args *a, int h, const float *S, int n, float *out) {
-    decode_values(a, h, S, n, out, 1);
+static void decode_scores(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    if (a->kv_type == LP_F16) decode_scores_kv(a, h, q, n, S, 1);
+    else decode_scores_kv(a, h, q, n, S, 0);
 }
 
-static const lp_attn_decode_ops decode_ops_f32 = {decode_scores_f32, decode_values_f32, softmax};
-static const lp_attn_decode_ops decode_ops_f16 = {decode_scores_f16, decode_values_f16, softmax};
+static void decode_values(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    if (a->kv_type == LP_F16) decode_values_kv(a, h, S, n, out, 1);
+    else decode_values_kv(a, h, S, n, out, 0);
+}
+
+static const lp_attn_decode_ops decode_ops = {decode_scores, decode_values, softmax};
 
 /* Prefill: 8 queries at a time, one per lane: the vector half of
  * attn_block.h's blocked kernel. */
@@ -686,7 +682,7 @@ static const lp_attn_block_ops attn8_ops = {attn8_load_chunk, attn8_scores, attn
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 void lp_avx2_attention(const lp_attn_args *a, int h0, int h1) {
     if (a->T < LP_ATTN_MIN_T)
-        lp_attn_decode(a, h0, h1, a->kv_type == LP_F16 ? &decode_ops_f16 : &decode_ops_f32);
+        lp_attn_decode(a, h0, h1, &decode_ops);
     else
         for (int h = h0; h < h1; h++) lp_attn_head_blocked(a, h, 8, &attn8_ops);
 }

@@ -531,8 +531,8 @@ LP_INLINE float32x4_t ld_kv(const void *base, size_t idx, int m, const int F16) 
 
 /* Decode: the vector half of attn_block.h's lp_attn_decode. Scores four
  * keys at a time: four independent FMA chains. */
-static void decode_scores(const lp_attn_args *a, int h, const float *q, int n_keys, float *S,
-                          const int F16) {
+LP_INLINE void decode_scores_kv(const lp_attn_args *a, int h, const float *q, int n_keys,
+                                float *S, const int F16) {
     const int hd = a->head_dim;
     const size_t kl = a->kv_row_ld, k0 = lp_attn_kv_off(a, h);
     int j = 0;
@@ -569,44 +569,33 @@ LP_INLINE void decode_values_part(const lp_attn_args *a, int h, const float *S, 
     _Pragma("GCC unroll 16") for (int u = 0; u < NA; u++) st(out + d0 + 4 * u, o[u], hd - d0 - 4 * u);
 }
 
-static void decode_values(const lp_attn_args *a, int h, const float *S, int n_keys, float *out,
-                          const int F16) {
-    for (int d0 = 0; d0 < a->head_dim; d0 += 64)
-        switch ((a->head_dim - d0 + 3) / 4 < 16 ? (a->head_dim - d0 + 3) / 4 : 16) {
-        case 1: decode_values_part(a, h, S, n_keys, out, d0, 1, F16); break;
-        case 2: decode_values_part(a, h, S, n_keys, out, d0, 2, F16); break;
-        case 3: decode_values_part(a, h, S, n_keys, out, d0, 3, F16); break;
-        case 4: decode_values_part(a, h, S, n_keys, out, d0, 4, F16); break;
-        case 5: decode_values_part(a, h, S, n_keys, out, d0, 5, F16); break;
-        case 6: decode_values_part(a, h, S, n_keys, out, d0, 6, F16); break;
-        case 7: decode_values_part(a, h, S, n_keys, out, d0, 7, F16); break;
-        case 8: decode_values_part(a, h, S, n_keys, out, d0, 8, F16); break;
-        case 9: decode_values_part(a, h, S, n_keys, out, d0, 9, F16); break;
-        case 10: decode_values_part(a, h, S, n_keys, out, d0, 10, F16); break;
-        case 11: decode_values_part(a, h, S, n_keys, out, d0, 11, F16); break;
-        case 12: decode_values_part(a, h, S, n_keys, out, d0, 12, F16); break;
-        case 13: decode_values_part(a, h, S, n_keys, out, d0, 13, F16); break;
-        case 14: decode_values_part(a, h, S, n_keys, out, d0, 14, F16); break;
-        case 15: decode_values_part(a, h, S, n_keys, out, d0, 15, F16); break;
-        default: decode_values_part(a, h, S, n_keys, out, d0, 16, F16); break;
-        }
+/* Widest slices first (64 dims, then halves): a head_dim that is not a
+ * multiple of 64 takes a few more passes over the values. */
+LP_INLINE void decode_values_kv(const lp_attn_args *a, int h, const float *S, int n_keys,
+                                float *out, const int F16) {
+    for (int d0 = 0; d0 < a->head_dim;) {
+        const int left = (a->head_dim - d0 + 3) / 4; /* vectors */
+        const int na = left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        if (na == 16) decode_values_part(a, h, S, n_keys, out, d0, 16, F16);
+        else if (na == 8) decode_values_part(a, h, S, n_keys, out, d0, 8, F16);
+        else if (na == 4) decode_values_part(a, h, S, n_keys, out, d0, 4, F16);
+        else if (na == 2) decode_values_part(a, h, S, n_keys, out, d0, 2, F16);
+        else decode_values_part(a, h, S, n_keys, out, d0, 1, F16);
+        d0 += 4 * na;
+    }
 }
 
-static void decode_scores_f32(const lp_attn_args *a, int h, const float *q, int n, float *S) {
-    decode_scores(a, h, q, n, S, 0);
-}
-static void decode_scores_f16(const lp_attn_args *a, int h, const float *q, int n, float *S) {
-    decode_scores(a, h, q, n, S, 1);
-}
-static void decode_values_f32(const lp_attn_args *a, int h, const float *S, int n, float *out) {
-    decode_values(a, h, S, n, out, 0);
-}
-static void decode_values_f16(const lp_attn_args *a, int h, const float *S, int n, float *out) {
-    decode_values(a, h, S, n, out, 1);
+static void decode_scores(const lp_attn_args *a, int h, const float *q, int n, float *S) {
+    if (a->kv_type == LP_F16) decode_scores_kv(a, h, q, n, S, 1);
+    else decode_scores_kv(a, h, q, n, S, 0);
 }
 
-static const lp_attn_decode_ops decode_ops_f32 = {decode_scores_f32, decode_values_f32, softmax};
-static const lp_attn_decode_ops decode_ops_f16 = {decode_scores_f16, decode_values_f16, softmax};
+static void decode_values(const lp_attn_args *a, int h, const float *S, int n, float *out) {
+    if (a->kv_type == LP_F16) decode_values_kv(a, h, S, n, out, 1);
+    else decode_values_kv(a, h, S, n, out, 0);
+}
+
+static const lp_attn_decode_ops decode_ops = {decode_scores, decode_values, softmax};
 
 /* Prefill: 8 queries at a time, one per lane of two vectors: the vector
  * half of attn_block.h's blocked kernel. Rows of S, Qt and Ot are 8
@@ -707,7 +696,7 @@ static const lp_attn_block_ops attn8_ops = {attn8_load_chunk, attn8_scores, attn
 /* One query at a time below LP_ATTN_MIN_T queries (decode), else blocked. */
 static void attention(const lp_attn_args *a, int h0, int h1) {
     if (a->T < LP_ATTN_MIN_T)
-        lp_attn_decode(a, h0, h1, a->kv_type == LP_F16 ? &decode_ops_f16 : &decode_ops_f32);
+        lp_attn_decode(a, h0, h1, &decode_ops);
     else
         for (int h = h0; h < h1; h++) lp_attn_head_blocked(a, h, 8, &attn8_ops);
 }
