@@ -5,6 +5,7 @@
 //   gemm64/<isa>/<dtype>/<model>.<matrix>   T = 64 (prefill): GFLOP/s
 //   gemm512/<isa>/q8p/<model>.<matrix>      T = 512, packed int8 only
 //   gemm64|gemm512/avx512bf16/f16bf16/...   f16 weights in bf16 arithmetic
+//   gemm64|gemm512/amx/{f16bf16,q8p}/...    the same on AMX tiles
 //   <op>/<isa>/<model or n>                 vector ops, attention
 //   peak/vnni512/<chains>                   int8 ceiling (bench_vnni_peak.cc)
 //
@@ -330,6 +331,14 @@ void register_all() {
                                                      .c_str(),
                                                  BM_f16_bf16, k, m, T)
                         ->Unit(benchmark::kMicrosecond);
+            if (isa == "amx") // and prefill int8 on tiles
+                for (int T : {64, 512})
+                    for (const MatShape &m : kMatrices)
+                        benchmark::RegisterBenchmark(("gemm" + std::to_string(T) + "/" + isa +
+                                                      "/q8p/" + m.model + "." + m.matrix)
+                                                         .c_str(),
+                                                     BM_q8p, k, m, T)
+                            ->Unit(benchmark::kMicrosecond);
             continue;
         }
         for (int T : {1, 64})

@@ -20,14 +20,16 @@
  * Packing happens once per group pair and column chunk, and is reused by
  * every token of the batch.
  */
-#include "kernels.h"
+#include "avx512_bf16.h"
 
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels.h"
+
 #define LP_INLINE static inline __attribute__((always_inline))
 
-#define BF_KC 512 /* columns per chunk: 2 groups x 16 rows x 512 x 2 B = 32 KB */
+#define BF_KC LP_BF16_KC
 #define BF_MR 6   /* tokens per tile: 6 x 2 accumulators + 2 weights + 1 x */
 
 /* n f32 -> bf16 (n % 32 tail handled with masks). */
@@ -45,9 +47,7 @@ static void f32_to_bf16(const float *x, uint16_t *y, int n) {
     }
 }
 
-/* Rows [r, r + n_rows) (n_rows <= 16; missing rows are zeros) x columns
- * [k0, k0 + kc) of W (f16, n_in per row) -> P (kc/2, 16) bf16 pairs. */
-static void pack_group(const uint16_t *W, int n_in, int r, int n_rows, int k0, int kc,
+void lp_bf16_pack_group(const uint16_t *W, int n_in, int r, int n_rows, int k0, int kc,
                        uint32_t *P) {
     uint32_t rowbuf[16][BF_KC / 2]; /* (16, kc/2) bf16 pairs, row-major */
     for (int i = 0; i < 16; i++) {
@@ -138,8 +138,8 @@ static void gemm_f16_bf16(int T, int n_in, const uint16_t *Xb, const uint16_t *W
         const int n_rows[2] = {left < 16 ? left : 16, left > 32 ? 16 : left - 16};
         for (int k0 = 0; k0 < n_in; k0 += BF_KC) {
             const int kc = n_in - k0 < BF_KC ? n_in - k0 : BF_KC;
-            pack_group(W, n_in, r, n_rows[0], k0, kc, P[0]);
-            if (NG == 2) pack_group(W, n_in, r + 16, n_rows[1], k0, kc, P[1]);
+            lp_bf16_pack_group(W, n_in, r, n_rows[0], k0, kc, P[0]);
+            if (NG == 2) lp_bf16_pack_group(W, n_in, r + 16, n_rows[1], k0, kc, P[1]);
             bf_tokens(T, n_in, Xb, k0, kc, P[0], P[1], NG, Y, ldy, r, n_rows);
         }
     }

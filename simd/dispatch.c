@@ -47,6 +47,18 @@ static void make_avx512bf16(void) {
     lp_avx512bf16_fill(&g_avx512bf16);
 }
 #endif
+#ifdef LP_HAVE_AMX
+/* The avx512bf16 table with AMX tile matmuls for prefill (simd/amx.c). */
+void lp_amx_fill(lp_kernels *k);
+static lp_kernels g_amx;
+static pthread_once_t g_amx_once = PTHREAD_ONCE_INIT;
+static void make_amx(void) {
+    pthread_once(&g_avx512bf16_once, make_avx512bf16);
+    g_amx = g_avx512bf16;
+    g_amx.name = "amx";
+    lp_amx_fill(&g_amx);
+}
+#endif
 #ifdef LP_HAVE_NEON
 extern const lp_kernels lp_kernels_neon;     /* armv8-a ASIMD only */
 extern const lp_kernels lp_kernels_neon_dot; /* same, gemm_q8 uses sdot */
@@ -108,10 +120,13 @@ static void detect_x86(lp_cpu *c) {
         c->avx512bf16 = (a >> 5) & 1;
     }
 #ifdef SYS_arch_prctl
-    /* Linux grants AMX tile data per process (ARCH_REQ_XCOMP_PERM); only
-     * ask whether it is granted already (ARCH_GET_XCOMP_PERM = 0x1022). */
+    /* Linux grants AMX tile data per process: without the grant the first
+     * tile instruction faults. Ask for it (ARCH_REQ_XCOMP_PERM = 0x1023,
+     * XTILEDATA = feature 18), then read back what was granted
+     * (ARCH_GET_XCOMP_PERM = 0x1022). Kernels before 5.16 refuse both. */
     if (c->amx_tile && c->os_amx) {
         unsigned long perm = 0;
+        (void)syscall(SYS_arch_prctl, 0x1023, 18UL);
         if (syscall(SYS_arch_prctl, 0x1022, &perm) == 0) c->amx_permitted = (perm >> 18) & 1;
     }
 #endif
@@ -141,7 +156,7 @@ static void detect_arm(lp_cpu *c) {
 
 /* Every name loupe knows, best first; a name whose table is not compiled
  * into this build is known but never runnable. */
-static const char *const all_isas[] = {"avx512bf16", "avx512", "avx2", "neon", "scalar"};
+static const char *const all_isas[] = {"amx", "avx512bf16", "avx512", "avx2", "neon", "scalar"};
 enum { N_ISAS = sizeof all_isas / sizeof all_isas[0] };
 
 static lp_cpu g_cpu;
@@ -155,7 +170,9 @@ static void missing_features(const char *name, char *buf, size_t cap) {
     if (!(cond) && n < cap) n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", what)
     if (!strcmp(name, "scalar")) return;
 #ifdef LP_X86
-    const int is_avx512 = !strcmp(name, "avx512") || !strcmp(name, "avx512bf16");
+    const int is_amx = !strcmp(name, "amx");
+    const int is_bf16 = is_amx || !strcmp(name, "avx512bf16");
+    const int is_avx512 = is_bf16 || !strcmp(name, "avx512");
     if (!strcmp(name, "avx2") || is_avx512) {
         NEED(c->avx2, "avx2");
         NEED(c->fma, "fma");
@@ -170,7 +187,14 @@ static void missing_features(const char *name, char *buf, size_t cap) {
         NEED(c->avx512vnni, "avx512_vnni");
         NEED(c->os_zmm, "OS zmm state (XCR0)");
     }
-    if (!strcmp(name, "avx512bf16")) NEED(c->avx512bf16, "avx512_bf16");
+    if (is_bf16) NEED(c->avx512bf16, "avx512_bf16");
+    if (is_amx) {
+        NEED(c->amx_tile, "amx_tile");
+        NEED(c->amx_int8, "amx_int8");
+        NEED(c->amx_bf16, "amx_bf16");
+        NEED(c->os_amx, "OS tile state (XCR0)");
+        NEED(c->amx_permitted, "tile data permission (arch_prctl)");
+    }
 #ifndef LP_HAVE_AVX2
     if (!strcmp(name, "avx2")) NEED(0, "table not compiled in");
 #endif
@@ -178,7 +202,10 @@ static void missing_features(const char *name, char *buf, size_t cap) {
     if (!strcmp(name, "avx512")) NEED(0, "table not compiled in");
 #endif
 #if !defined(LP_HAVE_AVX512) || !defined(LP_HAVE_AVX512BF16)
-    if (!strcmp(name, "avx512bf16")) NEED(0, "table not compiled in");
+    if (is_bf16) NEED(0, "table not compiled in");
+#endif
+#ifndef LP_HAVE_AMX
+    if (is_amx) NEED(0, "table not compiled in");
 #endif
     if (!strcmp(name, "neon")) NEED(0, "an ARM CPU");
 #elif defined(LP_ARM)
@@ -186,8 +213,7 @@ static void missing_features(const char *name, char *buf, size_t cap) {
 #ifndef LP_HAVE_NEON
     if (!strcmp(name, "neon")) NEED(0, "table not compiled in");
 #endif
-    if (!strcmp(name, "avx2") || !strcmp(name, "avx512") || !strcmp(name, "avx512bf16"))
-        NEED(0, "an x86-64 CPU");
+    if (strcmp(name, "neon") && strcmp(name, "scalar")) NEED(0, "an x86-64 CPU");
 #else
     if (strcmp(name, "scalar")) NEED(0, "a supported architecture");
 #endif
@@ -214,6 +240,12 @@ static const lp_kernels *table_of(const char *name) {
     if (!strcmp(name, "avx512bf16")) {
         pthread_once(&g_avx512bf16_once, make_avx512bf16);
         return &g_avx512bf16;
+    }
+#endif
+#if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16) && defined(LP_HAVE_AMX)
+    if (!strcmp(name, "amx")) {
+        pthread_once(&g_amx_once, make_amx);
+        return &g_amx;
     }
 #endif
 #ifdef LP_HAVE_NEON
@@ -320,6 +352,9 @@ int lp_kern_force(const char *name) {
 
 const char *const *lp_kern_names(void) {
     static const char *const names[] = {
+#if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16) && defined(LP_HAVE_AMX)
+        "amx",
+#endif
 #if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16)
         "avx512bf16",
 #endif
@@ -367,7 +402,7 @@ size_t lp_cpu_report(char *buf, size_t cap) {
               yn(c->avx2), yn(c->fma), yn(c->f16c), yn(c->avx512f), yn(c->avx512bw),
               yn(c->avx512vl), yn(c->avx512dq), yn(c->avx512vnni), yn(c->avx512bf16),
               yn(c->avxvnni));
-    sb_printf(&s, "amx: tile %s, int8 %s, bf16 %s, OS state %s, permitted %s (not used)\n",
+    sb_printf(&s, "amx: tile %s, int8 %s, bf16 %s, OS state %s, permitted %s\n",
               yn(c->amx_tile), yn(c->amx_int8), yn(c->amx_bf16), yn(c->os_amx),
               yn(c->amx_permitted));
     sb_printf(&s, "OS register state (XCR0): ymm %s, zmm %s\n", yn(c->os_ymm), yn(c->os_zmm));
@@ -392,6 +427,9 @@ size_t lp_cpu_report(char *buf, size_t cap) {
 #endif
     if (cur->gemm_f16_bf16)
         sb_printf(&s, "; f16 weights in prefill computed in bf16 (LOUPE_ISA=avx512: exact f16)");
+#if defined(LP_HAVE_AVX512) && defined(LP_HAVE_AVX512BF16) && defined(LP_HAVE_AMX)
+    if (cur == &g_amx) sb_printf(&s, "; prompts of 16+ tokens on AMX tiles");
+#endif
     sb_printf(&s, "\n");
     return s.len;
 }
@@ -407,7 +445,7 @@ loupe_status loupe_set_isa(const char *name) {
     int rc = lp_kern_force(buf);
     if (rc == -1)
         return lp_fail(LOUPE_ERR_ISA,
-                       "ISA '%s' is unknown (known: avx512bf16, avx512, avx2, neon, scalar)",
+                       "ISA '%s' is unknown (known: amx, avx512bf16, avx512, avx2, neon, scalar)",
                        name);
     if (rc == -2) {
         missing_features(buf, miss, sizeof miss);

@@ -147,7 +147,7 @@ static void case_gemm_f16(const lp_kernels *k, check_ctx *c, rng *g) {
  * rounds the same way and sums in double. n_in % 32 == 0; shapes cross the
  * kernel's 512-column chunks, 6-token tiles and 16-row groups. */
 static const int BF16_N[] = {32, 64, 96, 512, 544, 1056};
-static const int BF16_T[] = {1, 5, 6, 7, 13};
+static const int BF16_T[] = {1, 5, 6, 7, 13, 16, 45, 48};
 static const int BF16_ROWS[][3] = {{13, 0, 13}, {40, 0, 40}, {40, 16, 37}, {64, 0, 64}, {9, 5, 6}};
 
 static void case_gemm_f16_bf16(const lp_kernels *k, check_ctx *c, rng *g) {
@@ -286,7 +286,7 @@ static void case_quantize_q8(const lp_kernels *k, check_ctx *c, rng *g) {
 
 static const int Q8P_NIN[] = {32, 96, 768, 2048 + 32};
 static const int Q8P_NOUT[] = {1, 15, 16, 17, 33, 100};
-static const int Q8P_T[] = {1, 2, 3, 5, 8, 13, 64};
+static const int Q8P_T[] = {1, 2, 3, 5, 8, 13, 16, 37, 64};
 
 /* Q8_0 rows with values over the whole int8 range (-128 included: GGUF
  * files may hold it), random fp16 scales and now and then a zero scale. */
