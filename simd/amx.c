@@ -46,9 +46,13 @@
 
 #define LP_INLINE static inline __attribute__((always_inline))
 
-/* The operand of ldtilecfg (palette 1): bytes per row and rows per tile. */
+/* The operand of ldtilecfg (palette 1): bytes per row and rows per tile.
+ * Only ever a static const object: GCC 12's _tile_loadconfig tells the
+ * compiler it reads 8 bytes, so stores to a local config's rows and colsb
+ * may be dropped as dead (the tiles then fault on first use). */
 typedef struct {
-    uint8_t palette, start_row, reserved[14];
+    _Alignas(64) uint8_t palette;
+    uint8_t start_row, reserved[14];
     uint16_t colsb[16];
     uint8_t rows[16];
 } lp_tilecfg;
@@ -67,15 +71,11 @@ static void (*base_gemm_f16_bf16)(int T, int n_in, const uint16_t *Xb, const uin
 
 /* Tiles 0-3: C, one block each (16 tokens x 16 int32); 4-5: A (16 tokens
  * x 32 bytes); 6-7: B (8 rows x 64 bytes, one block of one group). */
-static void config_q8(void) {
-    lp_tilecfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 4; i++) c.colsb[i] = 64, c.rows[i] = 16;
-    for (int i = 4; i < 6; i++) c.colsb[i] = 32, c.rows[i] = 16;
-    for (int i = 6; i < 8; i++) c.colsb[i] = 64, c.rows[i] = 8;
-    _tile_loadconfig(&c);
-}
+static const lp_tilecfg q8_config = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 32, 32, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 8, 8},
+};
 
 /* Block products of blocks b .. b+n-1 (n <= 4) into C tiles 0..n-1 and
 
@@ -206,7 +206,7 @@ static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int 
     if (Tm > 0) {
         for (int t = 0; t < Tm; t += AMX_M)
             q8_pack_tokens(X, n_in, t, xa + (size_t)(t / AMX_M) * Q8_TILE_BYTES(nb));
-        config_q8();
+        _tile_loadconfig(&q8_config);
         for (int gb = g0; gb < g1; gb += Q8_NG) {
             const int ge = g1 - gb < Q8_NG ? g1 : gb + Q8_NG;
             for (int t = 0; t < Tm; t += AMX_M)
@@ -228,13 +228,11 @@ static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int 
 
 /* Tiles 0-3: C (16 tokens x 16 f32) for token tiles 0-1 x groups 0-1;
  * 4-5: A (16 tokens x 32 bf16); 6-7: B (16 pairs x 16 rows, bf16 pairs). */
-static void config_bf16(void) {
-    lp_tilecfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 8; i++) c.colsb[i] = 64, c.rows[i] = 16;
-    _tile_loadconfig(&c);
-}
+static const lp_tilecfg bf16_config = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
 
 /* MT token tiles (16 tokens each) x NG groups over kc columns of one
  * packed chunk: C from Y (zero for the first chunk), += A x B, back to Y.
@@ -331,7 +329,7 @@ static void gemm_f16_bf16(int T, int n_in, const uint16_t *Xb, const uint16_t *W
         return;
     }
     bf16_pack_tokens(Xb, n_in, Tm, xa);
-    config_bf16();
+    _tile_loadconfig(&bf16_config);
     for (int rb = r0; rb < rm; rb += BF16_NB) {
         const int n_rows = rm - rb < BF16_NB ? rm - rb : BF16_NB;
         for (int k0 = 0; k0 < n_in; k0 += LP_BF16_KC) {
