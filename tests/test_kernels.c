@@ -148,7 +148,7 @@ static void case_gemm_f16(const lp_kernels *k, check_ctx *c, rng *g) {
  * kernel's 512-column chunks, 6-token tiles and 16-row groups. */
 static const int BF16_N[] = {32, 64, 96, 512, 544, 1056};
 static const int BF16_T[] = {1, 5, 6, 7, 13, 16, 45, 48};
-static const int BF16_ROWS[][3] = {{13, 0, 13}, {40, 0, 40}, {40, 16, 37}, {64, 0, 64}, {9, 5, 6}};
+static const int BF16_ROWS[][3] = {{13, 0, 13}, {40, 0, 40}, {40, 16, 37}, {64, 0, 64}, {9, 5, 6}, {600, 16, 590}};
 
 static void case_gemm_f16_bf16(const lp_kernels *k, check_ctx *c, rng *g) {
     for (int a = 0; a < COUNT(BF16_N); a++)
