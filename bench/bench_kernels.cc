@@ -180,7 +180,7 @@ void quantize_act(Q8Act &a, int T, int n_in) {
     for (int t = 0; t < T; t++)
         lp_kernels_scalar.quantize_q8a(X.data() + (size_t)t * n_in, n_in, a.qs.data() + (size_t)t * n_in,
                                        a.d.data() + (size_t)t * nb, a.corr.data() + (size_t)t * nb);
-    a.act = {a.qs.data(), a.d.data(), a.corr.data()};
+    a.act = {a.qs.data(), a.d.data(), a.corr.data(), nullptr};
 }
 
 void BM_q8p(benchmark::State &st, const lp_kernels *k, MatShape m, int T) {

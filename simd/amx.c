@@ -46,10 +46,7 @@
 
 #define LP_INLINE static inline __attribute__((always_inline))
 
-/* The operand of ldtilecfg (palette 1): bytes per row and rows per tile.
- * Only ever a static const object: GCC 12's _tile_loadconfig tells the
- * compiler it reads 8 bytes, so stores to a local config's rows and colsb
- * may be dropped as dead (the tiles then fault on first use). */
+/* The operand of ldtilecfg (palette 1): bytes per row and rows per tile. */
 typedef struct {
     _Alignas(64) uint8_t palette;
     uint8_t start_row, reserved[14];
@@ -60,6 +57,22 @@ typedef struct {
 _Static_assert(sizeof(lp_tilecfg) == 64, "ldtilecfg reads 64 bytes");
 
 #define AMX_M 16 /* tokens per A tile */
+
+/* Tile loads, stores and the config load, as asm that clobbers memory.
+ * GCC 12's intrinsics name only the address register, not the memory, so
+ * the compiler does not know that a tile load reads what C code stored or
+ * that C code reads what a tile store wrote (and _tile_loadconfig says it
+ * reads 8 of its 64 bytes, so stores to a config could be dropped as
+ * dead). t: a tile number, a literal. */
+#define LP_TILE_LOAD(t, base, stride)                                                   \
+    __asm__ __volatile__("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)), \
+                         "r"((long)(stride))                                            \
+                         : "memory")
+#define LP_TILE_STORE(t, base, stride)                                                  \
+    __asm__ __volatile__("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)),    \
+                         "r"((long)(stride))                                            \
+                         : "memory")
+#define LP_TILE_CONFIG(cfg) __asm__ __volatile__("ldtilecfg %0" ::"m"(*(cfg)) : "memory")
 
 /* The avx512bf16 entries this table replaces: decode and the edges. */
 static void (*base_gemm_q8p)(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int n_out,
@@ -83,35 +96,35 @@ static const lp_tilecfg q8_config = {
  * (nb, 512) bytes. */
 LP_INLINE void q8_blocks(const int8_t *xa, const uint8_t *qs, int b, int n) {
     _tile_zero(0);
-    _tile_loadd(4, xa + 512 * (size_t)b, 32);
-    _tile_loadd(6, qs + 512 * (size_t)b, 64);
+    LP_TILE_LOAD(4, xa + 512 * (size_t)b, 32);
+    LP_TILE_LOAD(6, qs + 512 * (size_t)b, 64);
     _tile_dpbsud(0, 4, 6);
     if (n > 1) {
         _tile_zero(1);
-        _tile_loadd(5, xa + 512 * (size_t)(b + 1), 32);
-        _tile_loadd(7, qs + 512 * (size_t)(b + 1), 64);
+        LP_TILE_LOAD(5, xa + 512 * (size_t)(b + 1), 32);
+        LP_TILE_LOAD(7, qs + 512 * (size_t)(b + 1), 64);
         _tile_dpbsud(1, 5, 7);
     }
     if (n > 2) {
         _tile_zero(2);
-        _tile_loadd(4, xa + 512 * (size_t)(b + 2), 32);
-        _tile_loadd(6, qs + 512 * (size_t)(b + 2), 64);
+        LP_TILE_LOAD(4, xa + 512 * (size_t)(b + 2), 32);
+        LP_TILE_LOAD(6, qs + 512 * (size_t)(b + 2), 64);
         _tile_dpbsud(2, 4, 6);
     }
     if (n > 3) {
         _tile_zero(3);
-        _tile_loadd(5, xa + 512 * (size_t)(b + 3), 32);
-        _tile_loadd(7, qs + 512 * (size_t)(b + 3), 64);
+        LP_TILE_LOAD(5, xa + 512 * (size_t)(b + 3), 32);
+        LP_TILE_LOAD(7, qs + 512 * (size_t)(b + 3), 64);
         _tile_dpbsud(3, 5, 7);
     }
 }
 
 /* C tiles 0..n-1 to S. */
 LP_INLINE void q8_store(int n, int32_t (*S)[AMX_M][16]) {
-    _tile_stored(0, S[0], 64);
-    if (n > 1) _tile_stored(1, S[1], 64);
-    if (n > 2) _tile_stored(2, S[2], 64);
-    if (n > 3) _tile_stored(3, S[3], 64);
+    LP_TILE_STORE(0, S[0], 64);
+    if (n > 1) LP_TILE_STORE(1, S[1], 64);
+    if (n > 2) LP_TILE_STORE(2, S[2], 64);
+    if (n > 3) LP_TILE_STORE(3, S[3], 64);
 }
 
 /* One 16-token tile of activations, copied so that each A tile is one
@@ -123,7 +136,10 @@ LP_INLINE void q8_store(int n, int32_t (*S)[AMX_M][16]) {
  *   corr : int32 [nb][16]  */
 #define Q8_TILE_BYTES(nb) ((size_t)(nb) * (512 + 64 + 64))
 
-static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0, int8_t *tile) {
+/* noipa: GCC 12.2 at -O3 (with both ipa-modref and ipa-pure-const on)
+ * turned pack_q8a, which only calls this, into an empty function. */
+__attribute__((noipa)) static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0,
+                                                  int8_t *tile) {
     const int nb = n_in / LP_QK8;
     float *d = (float *)(void *)(tile + (size_t)nb * 512);
     int32_t *corr = (int32_t *)(void *)(tile + (size_t)nb * 576);
@@ -189,6 +205,14 @@ static void q8_tile(int n_in, const int8_t *tile, const uint8_t *W, int n_out, f
     for (int a = 0; a < AMX_M; a++) _mm512_mask_storeu_ps(Y + (size_t)a * ldy + r, m, acc[a]);
 }
 
+static size_t q8a_tiles_bytes(int T, int n_in) {
+    return (size_t)(T / AMX_M) * Q8_TILE_BYTES(n_in / LP_QK8);
+}
+
+static void pack_q8a(const lp_q8_act *X, int n_in, int i, int8_t *tiles) {
+    q8_pack_tokens(X, n_in, i * AMX_M, tiles + (size_t)i * Q8_TILE_BYTES(n_in / LP_QK8));
+}
+
 /* Groups per block: a block (8 x 16 x n_in bytes) stays in L2 while every
  * 16-token tile passes over it, each tile staying in L1/L2 across the
  * block's groups. */
@@ -201,12 +225,16 @@ static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int 
                      float *Y, int ldy, int g0, int g1) {
     const int nb = n_in / LP_QK8;
     int Tm = T / AMX_M * AMX_M;
-    int8_t *xa = Tm > 0 ? aligned_alloc(64, (size_t)(Tm / AMX_M) * Q8_TILE_BYTES(nb)) : NULL;
-    if (!xa) Tm = 0;
+    int8_t *own = NULL;
+    const int8_t *xa = X->tiles;
+    if (Tm > 0 && !xa) { /* not laid out by pack_q8a: do it here */
+        own = aligned_alloc(64, q8a_tiles_bytes(T, n_in));
+        if (!own) Tm = 0;
+        for (int i = 0; i < Tm / AMX_M; i++) pack_q8a(X, n_in, i, own);
+        xa = own;
+    }
     if (Tm > 0) {
-        for (int t = 0; t < Tm; t += AMX_M)
-            q8_pack_tokens(X, n_in, t, xa + (size_t)(t / AMX_M) * Q8_TILE_BYTES(nb));
-        _tile_loadconfig(&q8_config);
+        LP_TILE_CONFIG(&q8_config);
         for (int gb = g0; gb < g1; gb += Q8_NG) {
             const int ge = g1 - gb < Q8_NG ? g1 : gb + Q8_NG;
             for (int t = 0; t < Tm; t += AMX_M)
@@ -215,11 +243,11 @@ static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int 
                             Y + (size_t)t * ldy, ldy, g);
         }
         _tile_release();
-        free(xa);
     }
+    free(own);
     if (Tm < T) {
         const lp_q8_act tail = {X->qs + (size_t)Tm * n_in, X->d + (size_t)Tm * nb,
-                                X->corr + (size_t)Tm * nb};
+                                X->corr + (size_t)Tm * nb, NULL};
         base_gemm_q8p(T - Tm, n_in, &tail, W, n_out, Y + (size_t)Tm * ldy, ldy, g0, g1);
     }
 }
@@ -250,29 +278,29 @@ LP_INLINE void bf16_tiles(const int MT, const int NG, int n_in, int kc, const ui
         if (MT == 2) _tile_zero(2);
         if (MT == 2 && NG == 2) _tile_zero(3);
     } else {
-        _tile_loadd(0, y, ys);
-        if (NG == 2) _tile_loadd(1, y + 16, ys);
-        if (MT == 2) _tile_loadd(2, y1, ys);
-        if (MT == 2 && NG == 2) _tile_loadd(3, y1 + 16, ys);
+        LP_TILE_LOAD(0, y, ys);
+        if (NG == 2) LP_TILE_LOAD(1, y + 16, ys);
+        if (MT == 2) LP_TILE_LOAD(2, y1, ys);
+        if (MT == 2 && NG == 2) LP_TILE_LOAD(3, y1 + 16, ys);
     }
     for (int k = 0; k < kc; k += 32) {
-        _tile_loadd(4, xa + 16 * k, 64);
-        _tile_loadd(6, P0 + 8 * k, 64); /* 16 pairs x 16 dwords per 32 columns */
+        LP_TILE_LOAD(4, xa + 16 * k, 64);
+        LP_TILE_LOAD(6, P0 + 8 * k, 64); /* 16 pairs x 16 dwords per 32 columns */
         _tile_dpbf16ps(0, 4, 6);
         if (NG == 2) {
-            _tile_loadd(7, P1 + 8 * k, 64);
+            LP_TILE_LOAD(7, P1 + 8 * k, 64);
             _tile_dpbf16ps(1, 4, 7);
         }
         if (MT == 2) {
-            _tile_loadd(5, xa1 + 16 * k, 64);
+            LP_TILE_LOAD(5, xa1 + 16 * k, 64);
             _tile_dpbf16ps(2, 5, 6);
             if (NG == 2) _tile_dpbf16ps(3, 5, 7);
         }
     }
-    _tile_stored(0, y, ys);
-    if (NG == 2) _tile_stored(1, y + 16, ys);
-    if (MT == 2) _tile_stored(2, y1, ys);
-    if (MT == 2 && NG == 2) _tile_stored(3, y1 + 16, ys);
+    LP_TILE_STORE(0, y, ys);
+    if (NG == 2) LP_TILE_STORE(1, y + 16, ys);
+    if (MT == 2) LP_TILE_STORE(2, y1, ys);
+    if (MT == 2 && NG == 2) LP_TILE_STORE(3, y1 + 16, ys);
 }
 
 /* Token tiles in pairs x group pairs of one row block and column chunk.
@@ -299,6 +327,7 @@ static void bf16_block(int Tm, int n_in, const uint16_t *xa, int k0, int kc, con
 
 /* Rows [0, Tm) of Xb (T, n_in) as (Tm/16, n_in/32, 16, 32): each A tile
  * one contiguous KB (row strides of 4 KB would put a tile in one L1 set). */
+__attribute__((noipa)) /* as q8_pack_tokens */
 static void bf16_pack_tokens(const uint16_t *Xb, int n_in, int Tm, uint16_t *xa) {
     for (int t = 0; t < Tm; t++) {
         const uint16_t *x = Xb + (size_t)t * n_in;
@@ -329,7 +358,7 @@ static void gemm_f16_bf16(int T, int n_in, const uint16_t *Xb, const uint16_t *W
         return;
     }
     bf16_pack_tokens(Xb, n_in, Tm, xa);
-    _tile_loadconfig(&bf16_config);
+    LP_TILE_CONFIG(&bf16_config);
     for (int rb = r0; rb < rm; rb += BF16_NB) {
         const int n_rows = rm - rb < BF16_NB ? rm - rb : BF16_NB;
         for (int k0 = 0; k0 < n_in; k0 += LP_BF16_KC) {
@@ -356,5 +385,7 @@ void lp_amx_fill(lp_kernels *k) {
     base_gemm_q8p = k->gemm_q8p;
     base_gemm_f16_bf16 = k->gemm_f16_bf16;
     k->gemm_q8p = gemm_q8p;
+    k->q8a_tiles_bytes = q8a_tiles_bytes;
+    k->pack_q8a = pack_q8a;
     k->gemm_f16_bf16 = gemm_f16_bf16;
 }

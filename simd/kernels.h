@@ -41,6 +41,8 @@ typedef struct {
     const int8_t *qs;     /* (T, n_in) */
     const float *d;       /* (T, n_in/32) */
     const int32_t *corr;  /* (T, n_in/32) */
+    const int8_t *tiles;  /* optional: the same rows as pack_q8a laid them out
+                             for this table's gemm_q8p, or NULL */
 } lp_q8_act;
 
 /* Arguments of one attention call: T queries at absolute positions
@@ -112,6 +114,14 @@ typedef struct lp_kernels {
                      int n_out, float *Y, int ldy, int g0, int g1);
     /* One activation row x (n) -> qs (n), d (n/32), corr (n/32). */
     void (*quantize_q8a)(const float *x, int n, int8_t *qs, float *d, int32_t *corr);
+    /* Optional (NULL in all tables but amx): quantized activations laid out
+     * for this table's gemm_q8p, once per matmul rather than once per call.
+     * q8a_tiles_bytes(T, n_in): the bytes for T rows; pack_q8a(X, n_in, i,
+     * tiles): rows [16i, 16i + 16) of X into tiles, which holds all T rows
+     * (the last T % 16 rows are never packed). gemm_q8p reads X->tiles if
+     * set, else lays the rows out itself. */
+    size_t (*q8a_tiles_bytes)(int T, int n_in);
+    void (*pack_q8a)(const lp_q8_act *X, int n_in, int i, int8_t *tiles);
     /* f16 weights in bf16 arithmetic, for prefill: Y[t, r] = sum_i Xb[t, i]
      * * bf16(W[r, i]), Xb (T, n_in) bf16 from f32_to_bf16, each f16 weight
      * rounded to bf16 (nearest even), products exact, sums in f32 (the

@@ -101,6 +101,37 @@ static void lp_run_tasks(loupe_session *s, int n_threads, int n, lp_task_fn fn, 
         lp_pool_run(s->pool, n, fn, ctx);
 }
 
+typedef struct {
+    const lp_kernels *k;
+    const lp_q8_act *act;
+    int n;
+    int8_t *tiles;
+} lp_tiles_job;
+
+static void lp_tiles_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const lp_tiles_job *j = ctx;
+    j->k->pack_q8a(j->act, j->n, i, j->tiles);
+}
+
+/* The table's own layout of the quantized rows (pack_q8a), made once per
+ * matmul in s->xq_tiles, so that its tasks do not each make it. Leaves
+ * act->tiles NULL (each call then packs for itself) if memory runs out. */
+static void lp_pack_q8a(loupe_session *s, const lp_kernels *k, int n_threads, lp_q8_act *act,
+                        int T, int n) {
+    const size_t need = k->q8a_tiles_bytes(T, n);
+    if (need > s->cap_xq_tiles) {
+        int8_t *p = aligned_alloc(64, (need + 63) / 64 * 64);
+        if (!p) return;
+        free(s->xq_tiles);
+        s->xq_tiles = p;
+        s->cap_xq_tiles = (need + 63) / 64 * 64;
+    }
+    lp_tiles_job tj = {k, act, n, s->xq_tiles};
+    lp_run_tasks(s, n_threads, T / 16, lp_tiles_task, &tj);
+    act->tiles = s->xq_tiles;
+}
+
 /* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
  * of 16; int8 groups in multiples of 4 (64 rows), so a kernel that blocks
  * groups pairs the same ones whatever the thread count. */
@@ -126,10 +157,11 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     for (int p = 0; p < n; p++) macs += (size_t)out[p].W->rows * W0->cols * T;
     /* a small product is not worth waking other threads for */
     int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
-    lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr}, T, n, {{0}}, {0}, {0}};
+    lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr, NULL}, T, n, {{0}}, {0}, {0}};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
         lp_quant_job qj = {k, X, W0->cols, s->xq, s->xq_d, s->xq_corr};
         lp_run_tasks(s, n_threads, T, lp_quant_task, &qj);
+        if (k->pack_q8a && T >= 16) lp_pack_q8a(s, k, n_threads, &j.act, T, W0->cols);
     } else if (W0->type == LP_F16 && k->gemm_f16_bf16 && T >= LP_BF16_MIN_T &&
                W0->cols % 32 == 0) { /* round each activation row to bf16 once */
         lp_bf16_job bj = {k, X, W0->cols, s->xb16};
@@ -152,23 +184,90 @@ void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const
 
 /* ------------------------------------------------------------ helpers */
 
-/* y[t, :] += b for each of T rows of width n (ld = n) */
-static void lp_add_bias(float *Y, const float *b, int T, int n) {
-    if (!b) return;
-    const lp_kernels *k = lp_kern();
-    for (int t = 0; t < T; t++) k->add(Y + (size_t)t * n, b, n);
+/* ------------------------------------------------------------ row steps */
+
+/* The element-wise steps between matmuls (norms, bias, activation,
+ * residual add), split by rows over the pool when the batch is large: in
+ * a GPT-2 prompt they are about 15% of the work, which one thread alone
+ * would make the other cores wait for. Decode-sized steps stay on the
+ * calling thread (a pool round trip costs microseconds). */
+#define LP_MIN_PARALLEL_ELEMS (1u << 16)
+
+typedef enum {
+    LP_STEP_NORM,      /* y = norm(x) * w (+ b): layernorm (GPT-2) or rmsnorm */
+    LP_STEP_BIAS,      /* y += b, each row */
+    LP_STEP_ADD,       /* y += x */
+    LP_STEP_GELU_TANH, /* y = gelu(y) */
+    LP_STEP_GELU_ERF,
+    LP_STEP_SWIGLU     /* y = silu(gate) * x */
+} lp_step_op;
+
+typedef struct {
+    lp_step_op op;
+    float *y;          /* (T, n) */
+    const float *x;    /* (T, n): norm input, addend, or swiglu's up */
+    const float *gate; /* (T, n): swiglu's gate */
+    const float *w, *b; /* (n): norm weight and bias; the bias of LP_STEP_BIAS */
+    int T, n;
+    const loupe_model *m;
+    const lp_kernels *k;
+    int per_task;      /* rows */
+} lp_step_job;
+
+static void lp_step_rows(const lp_step_job *j, int t0, int t1) {
+    const lp_kernels *k = j->k;
+    for (int t = t0; t < t1; t++) {
+        const size_t o = (size_t)t * j->n;
+        switch (j->op) {
+        case LP_STEP_NORM:
+            if (j->m->hp.arch == LP_ARCH_GPT2)
+                k->layernorm(j->y + o, j->x + o, j->w, j->b, j->n, j->m->hp.norm_eps);
+            else
+                k->rmsnorm(j->y + o, j->x + o, j->w, j->n, j->m->hp.norm_eps);
+            break;
+        case LP_STEP_BIAS: k->add(j->y + o, j->b, j->n); break;
+        case LP_STEP_ADD: k->add(j->y + o, j->x + o, j->n); break;
+        case LP_STEP_GELU_TANH: k->gelu_tanh(j->y + o, j->n); break;
+        case LP_STEP_GELU_ERF: k->gelu_erf(j->y + o, j->n); break;
+        case LP_STEP_SWIGLU: k->swiglu(j->y + o, j->gate + o, j->x + o, j->n); break;
+        }
+    }
 }
 
-static void lp_norm_rows(const loupe_model *m, float *out, const float *x, int T,
-                         const float *w, const float *b) {
-    const lp_kernels *k = lp_kern();
-    int C = m->hp.dim;
-    for (int t = 0; t < T; t++) {
-        if (m->hp.arch == LP_ARCH_GPT2)
-            k->layernorm(out + (size_t)t * C, x + (size_t)t * C, w, b, C, m->hp.norm_eps);
-        else
-            k->rmsnorm(out + (size_t)t * C, x + (size_t)t * C, w, C, m->hp.norm_eps);
+static void lp_step_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const lp_step_job *j = ctx;
+    const int t0 = i * j->per_task;
+    lp_step_rows(j, t0, t0 + j->per_task < j->T ? t0 + j->per_task : j->T);
+}
+
+static void lp_step(loupe_session *s, lp_step_job j) {
+    j.m = s->m;
+    j.k = lp_kern();
+    const int n_threads = (size_t)j.T * j.n < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
+    if (n_threads == 1) {
+        lp_step_rows(&j, 0, j.T);
+        return;
     }
+    const int n_tasks = 4 * n_threads < j.T ? 4 * n_threads : j.T;
+    j.per_task = (j.T + n_tasks - 1) / n_tasks;
+    lp_pool_run(s->pool, (j.T + j.per_task - 1) / j.per_task, lp_step_task, &j);
+}
+
+/* y[t, :] += b for each of T rows of width n (ld = n) */
+static void lp_add_bias(loupe_session *s, float *Y, const float *b, int T, int n) {
+    if (b) lp_step(s, (lp_step_job){.op = LP_STEP_BIAS, .y = Y, .b = b, .T = T, .n = n});
+}
+
+static void lp_norm_rows(loupe_session *s, float *out, const float *x, int T, const float *w,
+                         const float *b) {
+    lp_step(s, (lp_step_job){.op = LP_STEP_NORM, .y = out, .x = x, .w = w, .b = b, .T = T,
+                             .n = s->m->hp.dim});
+}
+
+/* x (T, n) += y: the residual stream takes a block's output. */
+static void lp_residual_add(loupe_session *s, float *x, const float *y, int T, int n) {
+    lp_step(s, (lp_step_job){.op = LP_STEP_ADD, .y = x, .x = y, .T = T, .n = n});
 }
 
 /* Rotates q (T, H*D) and k (T, K*D) for positions pos0.. (Llama family). */
@@ -245,13 +344,13 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     uint8_t *k_layer = (uint8_t *)s->k_cache + layer_off;   /* (K, n_ctx, D) */
     uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (K, n_ctx, D) */
 
-    lp_norm_rows(m, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
+    lp_norm_rows(s, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
     const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq}, {s->kbuf, kv_dim, &L->wk},
                                   {s->vbuf, kv_dim, &L->wv}};
     lp_matmul_n(s, s->xn, T, 3, qkv);
-    lp_add_bias(s->q, L->bq, T, q_dim);
-    lp_add_bias(s->kbuf, L->bk, T, kv_dim);
-    lp_add_bias(s->vbuf, L->bv, T, kv_dim);
+    lp_add_bias(s, s->q, L->bq, T, q_dim);
+    lp_add_bias(s, s->kbuf, L->bk, T, kv_dim);
+    lp_add_bias(s, s->vbuf, L->bv, T, kv_dim);
     if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, s->kbuf, T, pos0, kv_dim);
     lp_kv_store(s, k_layer, s->kbuf, T, pos0);
     lp_kv_store(s, v_layer, s->vbuf, T, pos0);
@@ -289,9 +388,9 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_Z, l, pos0, T, q_dim, 1, s->att)) return 1;
 
     lp_matmul(s, s->proj, C, s->att, T, &L->wo);
-    lp_add_bias(s->proj, L->bo, T, C);
+    lp_add_bias(s, s->proj, L->bo, T, C);
     if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_OUT, l, pos0, T, C, 1, s->proj)) return 1;
-    lp_kern()->add(s->x, s->proj, T * C);
+    lp_residual_add(s, s->x, s->proj, T, C);
     return lp_hooks_fire(s, LOUPE_HOOK_RESID_MID, l, pos0, T, C, 1, s->x);
 }
 
@@ -302,28 +401,24 @@ static int lp_mlp_forward(loupe_session *s, int l, int T) {
     const loupe_model *m = s->m;
     const lp_hparams *hp = &m->hp;
     const lp_layer *L = &m->w.layers[l];
-    const lp_kernels *k = lp_kern();
     int C = hp->dim, F = hp->ffn_dim;
 
-    lp_norm_rows(m, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
+    lp_norm_rows(s, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
     if (hp->act == LP_ACT_SILU) { /* gate and up in one job */
         const lp_matmul_out up_gate[2] = {{s->hb, F, &L->w_up}, {s->hb2, F, &L->w_gate}};
         lp_matmul_n(s, s->xn, T, 2, up_gate);
     } else {
         lp_matmul(s, s->hb, F, s->xn, T, &L->w_up);
     }
-    lp_add_bias(s->hb, L->b_up, T, F);
-    if (hp->act == LP_ACT_SILU) {
-        k->swiglu(s->hb, s->hb2, s->hb, T * F);
-    } else if (hp->act == LP_ACT_GELU_TANH) {
-        k->gelu_tanh(s->hb, T * F);
-    } else {
-        k->gelu_erf(s->hb, T * F);
-    }
+    lp_add_bias(s, s->hb, L->b_up, T, F);
+    const lp_step_op act = hp->act == LP_ACT_SILU        ? LP_STEP_SWIGLU
+                           : hp->act == LP_ACT_GELU_TANH ? LP_STEP_GELU_TANH
+                                                         : LP_STEP_GELU_ERF;
+    lp_step(s, (lp_step_job){.op = act, .y = s->hb, .x = s->hb, .gate = s->hb2, .T = T, .n = F});
     lp_matmul(s, s->proj, C, s->hb, T, &L->w_down);
-    lp_add_bias(s->proj, L->b_down, T, C);
+    lp_add_bias(s, s->proj, L->b_down, T, C);
     if (lp_hooks_fire(s, LOUPE_HOOK_MLP_OUT, l, s->pos, T, C, 1, s->proj)) return 1;
-    k->add(s->x, s->proj, T * C);
+    lp_residual_add(s, s->x, s->proj, T, C);
     return lp_hooks_fire(s, LOUPE_HOOK_RESID_POST, l, s->pos, T, C, 1, s->x);
 }
 
@@ -354,7 +449,7 @@ static int lp_head(loupe_session *s, int T, float *logits, int all_logits) {
     int C = m->hp.dim;
     int first = all_logits ? 0 : T - 1;
     int n = T - first;
-    lp_norm_rows(m, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b);
+    lp_norm_rows(s, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b);
     if (lp_hooks_fire(s, LOUPE_HOOK_FINAL_NORM, -1, s->pos + first, n, C, 1, s->xn)) return 1;
     lp_matmul(s, logits, m->hp.n_vocab, s->xn, n, &m->w.lm_head);
     return lp_hooks_fire(s, LOUPE_HOOK_LOGITS, -1, s->pos + first, n, m->hp.n_vocab, 1, logits);
@@ -388,7 +483,7 @@ loupe_status loupe_unembed(loupe_session *s, const float *resid, int n, float *l
     int C = m->hp.dim, V = m->hp.n_vocab;
     for (int done = 0; done < n;) {
         int T = n - done < s->cap_T ? n - done : s->cap_T;
-        lp_norm_rows(m, s->xn, resid + (size_t)done * C, T, m->w.out_norm_w, m->w.out_norm_b);
+        lp_norm_rows(s, s->xn, resid + (size_t)done * C, T, m->w.out_norm_w, m->w.out_norm_b);
         lp_matmul(s, logits + (size_t)done * V, V, s->xn, T, &m->w.lm_head);
         done += T;
     }

@@ -94,6 +94,7 @@ void loupe_session_free(loupe_session *s) {
     free(s->xq);
     free(s->xq_d);
     free(s->xq_corr);
+    free(s->xq_tiles);
     free(s->attn_scratch);
     free(s->logits);
     free(s->hooks);

@@ -46,6 +46,9 @@ struct loupe_session {
      * the same memory as xq (allocated for 2 bytes per element), since one
      * matmul uses one of them */
     uint16_t *xb16;  /* (T, n) */
+    /* xq laid out by the table's pack_q8a (amx), grown on first use */
+    int8_t *xq_tiles;
+    size_t cap_xq_tiles; /* bytes */
     float *attn_scratch; /* (n_threads, attn_scratch_ld), 64-byte aligned */
     size_t attn_scratch_ld; /* lp_attn_scratch_floats(n_ctx, head_dim), a multiple of 16 */
     float *logits;  /* (n_vocab) last position */

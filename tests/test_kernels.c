@@ -323,7 +323,7 @@ static void acts_quantize(q8_acts *a, const lp_kernels *k, const float *X, int T
     for (int t = 0; t < T; t++)
         k->quantize_q8a(X + (size_t)t * n_in, n_in, a->qs + (size_t)t * n_in, a->d + t * nb,
                         a->corr + t * nb);
-    a->act = (lp_q8_act){a->qs, a->d, a->corr};
+    a->act = (lp_q8_act){a->qs, a->d, a->corr, NULL};
 }
 
 /* The error scale of Y[t, r]: sum over blocks of |x| . |w| (dequantized),
@@ -374,7 +374,18 @@ static void case_gemm_q8p(const lp_kernels *k, check_ctx *c, rng *g) {
                     const int r0 = g0 * LP_Q8P_ROWS, r1 = g1 * LP_Q8P_ROWS < n_out ? g1 * LP_Q8P_ROWS : n_out;
                     float *want = fill_vec(T * ldy, SENTINEL), *got = fill_vec(T * ldy, SENTINEL);
                     ref->gemm_q8p(T, n, &xq.act, W, n_out, want, ldy, g0, g1);
-                    k->gemm_q8p(T, n, &xq.act, W, n_out, got, ldy, g0, g1);
+                    /* tables with their own activation layout: every other
+                     * call reads it pre-packed (forward.c), else the kernel
+                     * packs by itself */
+                    int8_t *tiles = NULL;
+                    lp_q8_act act = xq.act;
+                    if (k->pack_q8a && T >= 16 && (a + o + b + which) % 2 == 0) {
+                        tiles = malloc(k->q8a_tiles_bytes(T, n) + 1);
+                        for (int i = 0; i < T / 16; i++) k->pack_q8a(&xq.act, n, i, tiles);
+                        act.tiles = tiles;
+                    }
+                    k->gemm_q8p(T, n, &act, W, n_out, got, ldy, g0, g1);
+                    free(tiles);
                     /* columns outside rows [r0, r1) (padding rows, other
                      * groups, ldy slack) must keep their canary */
                     for (int t = 0; t < T; t++)
