@@ -19,10 +19,11 @@
  * One block: queries t0..t0+nq-1 of head h, one per lane. Scores of key j
  * for the block are row j of S (lanes floats): S[j] = scale * sum_i
  * K[j,i] Qt[i], then exp(S[j] - max), so the softmax over keys is
- * lane-wise; Ot[d] = sum_j V[j,d] S[j]. Keys and values are copied (f16
- * converted) LP_ATTN_KC rows at a time into C, rows padded to hdp =
- * head_dim rounded up to 16 and zero-filled. Plain C: included by files
- * built with ISA flags, it holds no intrinsics.
+ * lane-wise; Ot[d] = sum_j V[j,d] S[j]. Keys and values are read
+ * LP_ATTN_KC rows at a time, in place from an f32 cache whose rows are a
+ * multiple of 16 floats, else copied (f16 converted) into C, rows padded
+ * to hdp = head_dim rounded up to 16 and zero-filled. Plain C: included
+ * by files built with ISA flags, it holds no intrinsics.
  */
 #ifndef LOUPE_SIMD_ATTN_BLOCK_H
 #define LOUPE_SIMD_ATTN_BLOCK_H
@@ -43,18 +44,21 @@ typedef struct {
     float *Qt;        /* (hdp, lanes) queries transposed, zero lanes >= nq */
     float *Ot;        /* (hdp, lanes) outputs transposed, unnormalised */
     float *C;         /* (KC, hdp) one chunk of keys or values */
+    const float *K;   /* the chunk the ops read, rows hdp apart: C, or the
+                         cache itself where its rows are f32, hdp long and
+                         all below n_keys (lp_attn_chunk) */
 } lp_attn_block;
 
 typedef struct {
     /* rows j0..j0+rows-1 of a K or V cache into b->C, zero beyond the
      * head's columns and beyond b->n_keys */
     void (*load_chunk)(const lp_attn_block *b, const void *cache, int j0, int rows);
-    /* S[j0 .. j0+rows) from the keys in b->C (rows % 8 == 0); -inf where a
+    /* S[j0 .. j0+rows) from the keys in b->K (rows % 8 == 0); -inf where a
      * lane's query comes before the key */
     void (*scores)(const lp_attn_block *b, int j0, int rows);
     /* S[j] = exp(S[j] - max_j S) over n rows; lane-wise sums into sum */
     void (*softmax)(float *S, int n, int lanes, float *sum);
-    /* Ot += V^T S over the values j0..j0+rows-1 in b->C */
+    /* Ot += V^T S over the values j0..j0+rows-1 in b->K */
     void (*values)(const lp_attn_block *b, int j0, int rows);
 } lp_attn_block_ops;
 
@@ -73,6 +77,20 @@ static inline void lp_attn_block_write(const lp_attn_block *b, int h, const floa
         for (int j = 0; j < seen; j++) p[j] = b->S[(size_t)j * b->lanes + l] * inv;
         memset(p + seen, 0, (size_t)(a->probs_ld - seen) * sizeof *p);
     }
+}
+
+/* Points b->K at rows j0..j0+rows-1 of cache: in place when they are f32
+ * rows of exactly hdp floats, all of them keys (prefill with the default
+ * cache and head_dim 64 or 128: no copy), else copied into b->C. */
+static inline void lp_attn_chunk(lp_attn_block *b, const lp_attn_block_ops *ops,
+                                 const void *cache, int j0, int rows) {
+    if (b->a->kv_type == LP_F32 && b->hd == b->hdp && b->kv_ld == (size_t)b->hd &&
+        j0 + rows <= b->n_keys) {
+        b->K = (const float *)cache + (size_t)j0 * b->kv_ld + b->kv_off;
+        return;
+    }
+    ops->load_chunk(b, cache, j0, rows);
+    b->K = b->C;
 }
 
 /* All queries of head h, `lanes` at a time (lanes <= LP_ATTN_QB). */
@@ -99,14 +117,14 @@ static inline void lp_attn_head_blocked(const lp_attn_args *a, int h, int lanes,
         const int n_rows = (b.n_keys + 7) / 8 * 8; /* score rows, masked past n_keys */
         for (int j0 = 0; j0 < n_rows; j0 += KC) {
             const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            ops->load_chunk(&b, a->k, j0, rows);
+            lp_attn_chunk(&b, ops, a->k, j0, rows);
             ops->scores(&b, j0, rows);
         }
         float sum[LP_ATTN_QB];
         ops->softmax(b.S, n_rows, lanes, sum);
         for (int j0 = 0; j0 < n_rows; j0 += KC) {
             const int rows = n_rows - j0 < KC ? n_rows - j0 : KC;
-            ops->load_chunk(&b, a->v, j0, rows);
+            lp_attn_chunk(&b, ops, a->v, j0, rows);
             ops->values(&b, j0, rows);
         }
         lp_attn_block_write(&b, h, sum);

@@ -617,7 +617,7 @@ static void attn8_load_chunk(const lp_attn_block *b, const void *cache, int j0, 
     }
 }
 
-/* S[j0 .. j0+rows) for the keys in b->C; -inf where a lane's query comes
+/* S[j0 .. j0+rows) for the keys in b->K; -inf where a lane's query comes
  * before the key. rows % 4 == 0. */
 static void attn8_scores(const lp_attn_block *b, int j0, int rows) {
     const int hd4 = (b->hd + 3) / 4 * 4, hdp = b->hdp; /* C and Qt are zero past hd */
@@ -626,7 +626,7 @@ static void attn8_scores(const lp_attn_block *b, int j0, int rows) {
     const float32x4_t ninf = vdupq_n_f32(-INFINITY);
     const int last_common = b->a->pos0 + b->t0; /* every lane sees keys <= this */
     for (int r = 0; r < rows; r += 4) {
-        const float *k = b->C + (size_t)r * hdp; // (4, hdp)
+        const float *k = b->K + (size_t)r * hdp; // (4, hdp)
         float32x4_t lo[4], hi[4];
         _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) lo[u] = hi[u] = vdupq_n_f32(0);
         for (int i = 0; i < hd4; i += 4) {
@@ -668,7 +668,7 @@ static void attn8_softmax_lanes(float *S, int n, int lanes, float *sum) {
     }
 }
 
-/* Ot += V^T P over the keys j0..j0+rows-1 in b->C, 4 dims at a time. */
+/* Ot += V^T P over the keys j0..j0+rows-1 in b->K, 4 dims at a time. */
 static void attn8_values(const lp_attn_block *b, int j0, int rows) {
     const int hdp = b->hdp;
     for (int d0 = 0; d0 < hdp; d0 += 4) {
@@ -679,7 +679,7 @@ static void attn8_values(const lp_attn_block *b, int j0, int rows) {
         for (int r = 0; r < rows; r++) {
             const float *p = b->S + (size_t)(j0 + r) * 8;
             const float32x4_t pl = vld1q_f32(p), ph = vld1q_f32(p + 4);
-            const float32x4_t v = vld1q_f32(b->C + (size_t)r * hdp + d0);
+            const float32x4_t v = vld1q_f32(b->K + (size_t)r * hdp + d0);
             lo[0] = vfmaq_laneq_f32(lo[0], pl, v, 0), hi[0] = vfmaq_laneq_f32(hi[0], ph, v, 0);
             lo[1] = vfmaq_laneq_f32(lo[1], pl, v, 1), hi[1] = vfmaq_laneq_f32(hi[1], ph, v, 1);
             lo[2] = vfmaq_laneq_f32(lo[2], pl, v, 2), hi[2] = vfmaq_laneq_f32(hi[2], ph, v, 2);
