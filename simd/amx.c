@@ -46,6 +46,14 @@
 
 #define LP_INLINE static inline __attribute__((always_inline))
 
+/* Out of GCC's interprocedural analysis (see q8_pack_tokens); clang, which
+ * builds the fuzz targets, has no noipa and no such problem. */
+#if defined(__clang__)
+#define LP_NOIPA __attribute__((noinline))
+#else
+#define LP_NOIPA __attribute__((noipa))
+#endif
+
 /* The operand of ldtilecfg (palette 1): bytes per row and rows per tile. */
 typedef struct {
     _Alignas(64) uint8_t palette;
@@ -138,7 +146,7 @@ LP_INLINE void q8_store(int n, int32_t (*S)[AMX_M][16]) {
 
 /* noipa: GCC 12.2 at -O3 (with both ipa-modref and ipa-pure-const on)
  * turned pack_q8a, which only calls this, into an empty function. */
-__attribute__((noipa)) static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0,
+LP_NOIPA static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0,
                                                   int8_t *tile) {
     const int nb = n_in / LP_QK8;
     float *d = (float *)(void *)(tile + (size_t)nb * 512);
@@ -327,7 +335,7 @@ static void bf16_block(int Tm, int n_in, const uint16_t *xa, int k0, int kc, con
 
 /* Rows [0, Tm) of Xb (T, n_in) as (Tm/16, n_in/32, 16, 32): each A tile
  * one contiguous KB (row strides of 4 KB would put a tile in one L1 set). */
-__attribute__((noipa)) /* as q8_pack_tokens */
+LP_NOIPA /* as q8_pack_tokens */
 static void bf16_pack_tokens(const uint16_t *Xb, int n_in, int Tm, uint16_t *xa) {
     for (int t = 0; t < Tm; t++) {
         const uint16_t *x = Xb + (size_t)t * n_in;
