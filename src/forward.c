@@ -182,8 +182,6 @@ void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const
     lp_matmul_n(s, X, T, 1, &out);
 }
 
-/* ------------------------------------------------------------ helpers */
-
 /* ------------------------------------------------------------ row steps */
 
 /* The element-wise steps between matmuls (norms, bias, activation,
@@ -269,6 +267,8 @@ static void lp_norm_rows(loupe_session *s, float *out, const float *x, int T, co
 static void lp_residual_add(loupe_session *s, float *x, const float *y, int T, int n) {
     lp_step(s, (lp_step_job){.op = LP_STEP_ADD, .y = x, .x = y, .T = T, .n = n});
 }
+
+/* ------------------------------------------------------------ helpers */
 
 /* Rotates q (T, H*D) and k (T, K*D) for positions pos0.. (Llama family). */
 static void lp_rope_rows(const loupe_model *m, float *q, float *kk, int T, int pos0, int ldk) {
