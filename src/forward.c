@@ -46,37 +46,107 @@ static int lp_mat_units(const lp_mat *W) {
     return W->type == LP_Q8P ? LP_Q8P_GROUPS(W->rows) : W->rows;
 }
 
-static void lp_matmul_task(void *ctx, int i, int thread) {
-    (void)thread;
-    const lp_matmul_job *j = ctx;
-    int p = 0;
-    while (i >= j->first_task[p + 1]) p++;
-    const lp_mat *W = j->out[p].W;
-    float *Y = j->out[p].Y;
-    const int ldy = j->out[p].ldy;
-    int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
-    if (b > lp_mat_units(W)) b = lp_mat_units(W);
+/* The epilogue of out (see lp_matmul_out) on its columns [c0, c1). */
+static void lp_matmul_epilogue(const lp_kernels *k, const lp_matmul_out *out, int T, int c0,
+                               int c1) {
+    for (int t = 0; t < T; t++) {
+        float *y = out->Y + (size_t)t * out->ldy + c0;
+        if (out->bias) k->add(y, out->bias + c0, c1 - c0);
+        if (out->act == LP_EPI_GELU_TANH) k->gelu_tanh(y, c1 - c0);
+        else if (out->act == LP_EPI_GELU_ERF) k->gelu_erf(y, c1 - c0);
+        if (out->resid) k->add(out->resid + (size_t)t * out->ldy + c0, y, c1 - c0);
+    }
+}
+
+/* Y (T, ldy) columns of units [a, b) of W (rows, or groups of 16 rows). */
+static void lp_matmul_units(const lp_matmul_job *j, const lp_matmul_out *out, int a, int b) {
+    const lp_mat *W = out->W;
+    float *Y = out->Y;
+    const int ldy = out->ldy;
     if (W->type == LP_Q8P) j->k->gemm_q8p(j->T, W->cols, &j->act, W->data, W->rows, Y, ldy, a, b);
     else if (W->type == LP_F32) j->k->gemm_f32(j->T, W->cols, j->X, W->data, Y, ldy, a, b);
     else if (j->Xb) j->k->gemm_f16_bf16(j->T, W->cols, j->Xb, W->data, Y, ldy, a, b);
     else j->k->gemm_f16(j->T, W->cols, j->X, W->data, Y, ldy, a, b); /* LP_F16 */
 }
 
+/* Bytes of Y a task computes before its epilogue runs over them, so that
+ * they are still in cache (a whole task's columns of a long prompt are not:
+ * a strided pass over them from L3 costs more than the arithmetic). */
+#define LP_EPILOGUE_BYTES (256u << 10)
+
+/* int8 weights: the epilogue follows each (16 tokens, 8 groups) block of
+ * Y, which is then in L1; the kernel is called per 16-token slice of the
+ * quantized rows (and their tile layout), over the same weight groups. */
+static void lp_matmul_q8_epilogue(const lp_matmul_job *j, const lp_matmul_out *out, int a, int b) {
+    const lp_mat *W = out->W;
+    const int n = W->cols, nb = n / LP_QK8;
+    for (int c = a; c < b; c += 8) {
+        const int e = c + 8 < b ? c + 8 : b;
+        const int r0 = c * LP_Q8P_ROWS, r1 = e * LP_Q8P_ROWS < W->rows ? e * LP_Q8P_ROWS : W->rows;
+        for (int t0 = 0; t0 < j->T; t0 += 16) {
+            const int tn = j->T - t0 < 16 ? j->T - t0 : 16;
+            const lp_q8_act act = {j->act.qs + (size_t)t0 * n, j->act.d + (size_t)t0 * nb,
+                                   j->act.corr + (size_t)t0 * nb,
+                                   j->act.tiles ? j->act.tiles + j->k->q8a_tiles_bytes(t0, n) : NULL};
+            float *Y = out->Y + (size_t)t0 * out->ldy;
+            j->k->gemm_q8p(tn, n, &act, W->data, W->rows, Y, out->ldy, c, e);
+            lp_matmul_out o = *out;
+            o.Y = Y;
+            o.resid = out->resid ? out->resid + (size_t)t0 * out->ldy : NULL;
+            lp_matmul_epilogue(j->k, &o, tn, r0, r1);
+        }
+    }
+}
+
+static void lp_matmul_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const lp_matmul_job *j = ctx;
+    int p = 0;
+    while (i >= j->first_task[p + 1]) p++;
+    const lp_matmul_out *out = &j->out[p];
+    const int q8 = out->W->type == LP_Q8P;
+    int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
+    if (b > lp_mat_units(out->W)) b = lp_mat_units(out->W);
+    if (!out->bias && out->act == LP_EPI_NONE && !out->resid) {
+        lp_matmul_units(j, out, a, b);
+    } else if (q8) {
+        lp_matmul_q8_epilogue(j, out, a, b);
+    } else { /* float weights: columns in steps of whole 16-row kernel tiles */
+        int step = (int)(LP_EPILOGUE_BYTES / sizeof(float) / (size_t)j->T);
+        step = step < 16 ? 16 : step / 16 * 16;
+        for (int c = a; c < b; c += step) {
+            const int e = c + step < b ? c + step : b;
+            lp_matmul_units(j, out, c, e);
+            lp_matmul_epilogue(j->k, out, j->T, c, e);
+        }
+    }
+}
+
+/* Activation rows quantized for LP_Q8P, 16 per task; each full 16 also
+ * laid out in the table's tile format (pack_q8a) when tiles is set, while
+ * they are in cache. */
 typedef struct {
     const lp_kernels *k;
-    const float *X; /* (T, n) */
-    int n;
-    int8_t *qs;     /* (T, n) */
-    float *d;       /* (T, n/32) */
-    int32_t *corr;  /* (T, n/32) */
+    const float *X;  /* (T, n) */
+    int T, n;
+    int8_t *qs;      /* (T, n) */
+    float *d;        /* (T, n/32) */
+    int32_t *corr;   /* (T, n/32) */
+    int8_t *tiles;   /* q8a_tiles_bytes(T, n), or NULL */
 } lp_quant_job;
 
-static void lp_quant_task(void *ctx, int t, int thread) {
+static void lp_quant_task(void *ctx, int i, int thread) {
     (void)thread;
     const lp_quant_job *j = ctx;
-    size_t nb = (size_t)(j->n / LP_QK8);
-    j->k->quantize_q8a(j->X + (size_t)t * j->n, j->n, j->qs + (size_t)t * j->n, j->d + t * nb,
-                       j->corr + t * nb);
+    const size_t nb = (size_t)(j->n / LP_QK8);
+    const int t0 = i * 16, t1 = t0 + 16 < j->T ? t0 + 16 : j->T;
+    for (int t = t0; t < t1; t++)
+        j->k->quantize_q8a(j->X + (size_t)t * j->n, j->n, j->qs + (size_t)t * j->n, j->d + t * nb,
+                           j->corr + t * nb);
+    if (j->tiles && t1 - t0 == 16) {
+        const lp_q8_act act = {j->qs, j->d, j->corr, NULL};
+        j->k->pack_q8a(&act, j->n, i, j->tiles);
+    }
 }
 
 typedef struct {
@@ -92,44 +162,27 @@ static void lp_bf16_task(void *ctx, int t, int thread) {
     j->k->f32_to_bf16(j->X + (size_t)t * j->n, j->Xb + (size_t)t * j->n, j->n);
 }
 
-/* Tasks [0, n) of fn: on the calling thread when n_threads is 1 (not worth
- * a pool round trip), else on the pool. */
+/* Tasks [0, n) of fn: on the calling thread when n_threads or n is 1 (not
+ * worth a pool round trip), else on the pool. */
 static void lp_run_tasks(loupe_session *s, int n_threads, int n, lp_task_fn fn, void *ctx) {
-    if (n_threads == 1)
+    if (n_threads == 1 || n == 1)
         for (int i = 0; i < n; i++) fn(ctx, i, 0);
     else
         lp_pool_run(s->pool, n, fn, ctx);
 }
 
-typedef struct {
-    const lp_kernels *k;
-    const lp_q8_act *act;
-    int n;
-    int8_t *tiles;
-} lp_tiles_job;
-
-static void lp_tiles_task(void *ctx, int i, int thread) {
-    (void)thread;
-    const lp_tiles_job *j = ctx;
-    j->k->pack_q8a(j->act, j->n, i, j->tiles);
-}
-
-/* The table's own layout of the quantized rows (pack_q8a), made once per
- * matmul in s->xq_tiles, so that its tasks do not each make it. Leaves
- * act->tiles NULL (each call then packs for itself) if memory runs out. */
-static void lp_pack_q8a(loupe_session *s, const lp_kernels *k, int n_threads, lp_q8_act *act,
-                        int T, int n) {
-    const size_t need = k->q8a_tiles_bytes(T, n);
+/* s->xq_tiles with room for the tile layout of T rows of n (pack_q8a), or
+ * NULL if memory runs out (each kernel call then lays out its own). */
+static int8_t *lp_reserve_tiles(loupe_session *s, const lp_kernels *k, int T, int n) {
+    const size_t need = (k->q8a_tiles_bytes(T, n) + 63) / 64 * 64;
     if (need > s->cap_xq_tiles) {
-        int8_t *p = aligned_alloc(64, (need + 63) / 64 * 64);
-        if (!p) return;
+        int8_t *p = aligned_alloc(64, need);
+        if (!p) return NULL;
         free(s->xq_tiles);
         s->xq_tiles = p;
-        s->cap_xq_tiles = (need + 63) / 64 * 64;
+        s->cap_xq_tiles = need;
     }
-    lp_tiles_job tj = {k, act, n, s->xq_tiles};
-    lp_run_tasks(s, n_threads, T / 16, lp_tiles_task, &tj);
-    act->tiles = s->xq_tiles;
+    return s->xq_tiles;
 }
 
 /* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
@@ -159,9 +212,9 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
     lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr, NULL}, T, n, {{0}}, {0}, {0}};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
-        lp_quant_job qj = {k, X, W0->cols, s->xq, s->xq_d, s->xq_corr};
-        lp_run_tasks(s, n_threads, T, lp_quant_task, &qj);
-        if (k->pack_q8a && T >= 16) lp_pack_q8a(s, k, n_threads, &j.act, T, W0->cols);
+        if (k->pack_q8a && T >= 16) j.act.tiles = lp_reserve_tiles(s, k, T, W0->cols);
+        lp_quant_job qj = {k, X, T, W0->cols, s->xq, s->xq_d, s->xq_corr, (int8_t *)j.act.tiles};
+        lp_run_tasks(s, n_threads, (T + 15) / 16, lp_quant_task, &qj);
     } else if (W0->type == LP_F16 && k->gemm_f16_bf16 && T >= LP_BF16_MIN_T &&
                W0->cols % 32 == 0) { /* round each activation row to bf16 once */
         lp_bf16_job bj = {k, X, W0->cols, s->xb16};
@@ -178,25 +231,22 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
 }
 
 void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const lp_mat *W) {
-    const lp_matmul_out out = {Y, ldy, W};
+    const lp_matmul_out out = {Y, ldy, W, NULL, LP_EPI_NONE, NULL};
     lp_matmul_n(s, X, T, 1, &out);
 }
 
 /* ------------------------------------------------------------ row steps */
 
-/* The element-wise steps between matmuls (norms, bias, activation,
- * residual add), split by rows over the pool when the batch is large: in
- * a GPT-2 prompt they are about 15% of the work, which one thread alone
- * would make the other cores wait for. Decode-sized steps stay on the
+/* The element-wise steps between matmuls that no epilogue takes (norms,
+ * swiglu, a residual add a hook may change first), split by rows over the
+ * pool when the batch is large, so that the other cores need not wait for
+ * one thread. Decode-sized steps stay on the
  * calling thread (a pool round trip costs microseconds). */
 #define LP_MIN_PARALLEL_ELEMS (1u << 16)
 
 typedef enum {
     LP_STEP_NORM,      /* y = norm(x) * w (+ b): layernorm (GPT-2) or rmsnorm */
-    LP_STEP_BIAS,      /* y += b, each row */
     LP_STEP_ADD,       /* y += x */
-    LP_STEP_GELU_TANH, /* y = gelu(y) */
-    LP_STEP_GELU_ERF,
     LP_STEP_SWIGLU     /* y = silu(gate) * x */
 } lp_step_op;
 
@@ -205,7 +255,7 @@ typedef struct {
     float *y;          /* (T, n) */
     const float *x;    /* (T, n): norm input, addend, or swiglu's up */
     const float *gate; /* (T, n): swiglu's gate */
-    const float *w, *b; /* (n): norm weight and bias; the bias of LP_STEP_BIAS */
+    const float *w, *b; /* (n): norm weight and bias */
     int T, n;
     const loupe_model *m;
     const lp_kernels *k;
@@ -223,10 +273,7 @@ static void lp_step_rows(const lp_step_job *j, int t0, int t1) {
             else
                 k->rmsnorm(j->y + o, j->x + o, j->w, j->n, j->m->hp.norm_eps);
             break;
-        case LP_STEP_BIAS: k->add(j->y + o, j->b, j->n); break;
         case LP_STEP_ADD: k->add(j->y + o, j->x + o, j->n); break;
-        case LP_STEP_GELU_TANH: k->gelu_tanh(j->y + o, j->n); break;
-        case LP_STEP_GELU_ERF: k->gelu_erf(j->y + o, j->n); break;
         case LP_STEP_SWIGLU: k->swiglu(j->y + o, j->gate + o, j->x + o, j->n); break;
         }
     }
@@ -250,11 +297,6 @@ static void lp_step(loupe_session *s, lp_step_job j) {
     const int n_tasks = 4 * n_threads < j.T ? 4 * n_threads : j.T;
     j.per_task = (j.T + n_tasks - 1) / n_tasks;
     lp_pool_run(s->pool, (j.T + j.per_task - 1) / j.per_task, lp_step_task, &j);
-}
-
-/* y[t, :] += b for each of T rows of width n (ld = n) */
-static void lp_add_bias(loupe_session *s, float *Y, const float *b, int T, int n) {
-    if (b) lp_step(s, (lp_step_job){.op = LP_STEP_BIAS, .y = Y, .b = b, .T = T, .n = n});
 }
 
 static void lp_norm_rows(loupe_session *s, float *out, const float *x, int T, const float *w,
@@ -331,6 +373,28 @@ static void lp_kv_store(loupe_session *s, uint8_t *layer, const float *rows, int
         }
 }
 
+/* After the Q, K, V matmuls: rotary embedding (Llama family) of q and k,
+ * and k, v appended to the layer's cache, by rows over the pool. */
+typedef struct {
+    loupe_session *s;
+    int T, pos0;
+    uint8_t *k_layer, *v_layer; /* (K, n_ctx, D) */
+    int per_task;               /* rows */
+} lp_kv_job;
+
+static void lp_kv_task(void *ctx, int i, int thread) {
+    (void)thread;
+    const lp_kv_job *j = ctx;
+    loupe_session *s = j->s;
+    const lp_hparams *hp = &s->m->hp;
+    const int q_dim = hp->n_heads * hp->head_dim, kv_dim = hp->n_kv_heads * hp->head_dim;
+    const int t0 = i * j->per_task, n = t0 + j->per_task < j->T ? j->per_task : j->T - t0;
+    float *q = s->q + (size_t)t0 * q_dim, *k = s->kbuf + (size_t)t0 * kv_dim;
+    if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(s->m, q, k, n, j->pos0 + t0, kv_dim);
+    lp_kv_store(s, j->k_layer, k, n, j->pos0 + t0);
+    lp_kv_store(s, j->v_layer, s->vbuf + (size_t)t0 * kv_dim, n, j->pos0 + t0);
+}
+
 /* x (T, C) += attention block of layer l. Returns 1 if a hook aborted. */
 static int lp_attention_forward(loupe_session *s, int l, int T) {
     const loupe_model *m = s->m;
@@ -345,15 +409,14 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (K, n_ctx, D) */
 
     lp_norm_rows(s, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
-    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq}, {s->kbuf, kv_dim, &L->wk},
-                                  {s->vbuf, kv_dim, &L->wv}};
+    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq, L->bq, LP_EPI_NONE, NULL},
+                                  {s->kbuf, kv_dim, &L->wk, L->bk, LP_EPI_NONE, NULL},
+                                  {s->vbuf, kv_dim, &L->wv, L->bv, LP_EPI_NONE, NULL}};
     lp_matmul_n(s, s->xn, T, 3, qkv);
-    lp_add_bias(s, s->q, L->bq, T, q_dim);
-    lp_add_bias(s, s->kbuf, L->bk, T, kv_dim);
-    lp_add_bias(s, s->vbuf, L->bv, T, kv_dim);
-    if (hp->arch == LP_ARCH_LLAMA) lp_rope_rows(m, s->q, s->kbuf, T, pos0, kv_dim);
-    lp_kv_store(s, k_layer, s->kbuf, T, pos0);
-    lp_kv_store(s, v_layer, s->vbuf, T, pos0);
+    lp_kv_job kj = {s, T, pos0, k_layer, v_layer, 0};
+    const int kv_threads = (size_t)T * (q_dim + 2 * kv_dim) < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
+    kj.per_task = (T + 4 * kv_threads - 1) / (4 * kv_threads);
+    lp_run_tasks(s, kv_threads, (T + kj.per_task - 1) / kj.per_task, lp_kv_task, &kj);
 
     lp_attn_job j;
     memset(&j, 0, sizeof j);
@@ -387,10 +450,14 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
         return 1;
     if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_Z, l, pos0, T, q_dim, 1, s->att)) return 1;
 
-    lp_matmul(s, s->proj, C, s->att, T, &L->wo);
-    lp_add_bias(s, s->proj, L->bo, T, C);
-    if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_OUT, l, pos0, T, C, 1, s->proj)) return 1;
-    lp_residual_add(s, s->x, s->proj, T, C);
+    /* the residual add joins the matmul unless a hook may change attn_out */
+    const int hooked = lp_hooks_want(s, LOUPE_HOOK_ATTN_OUT, l);
+    const lp_matmul_out o = {s->proj, C, &L->wo, L->bo, LP_EPI_NONE, hooked ? NULL : s->x};
+    lp_matmul_n(s, s->att, T, 1, &o);
+    if (hooked) {
+        if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_OUT, l, pos0, T, C, 1, s->proj)) return 1;
+        lp_residual_add(s, s->x, s->proj, T, C);
+    }
     return lp_hooks_fire(s, LOUPE_HOOK_RESID_MID, l, pos0, T, C, 1, s->x);
 }
 
@@ -404,21 +471,25 @@ static int lp_mlp_forward(loupe_session *s, int l, int T) {
     int C = hp->dim, F = hp->ffn_dim;
 
     lp_norm_rows(s, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
-    if (hp->act == LP_ACT_SILU) { /* gate and up in one job */
-        const lp_matmul_out up_gate[2] = {{s->hb, F, &L->w_up}, {s->hb2, F, &L->w_gate}};
+    if (hp->act == LP_ACT_SILU) { /* gate and up in one job, then silu(gate) * up */
+        const lp_matmul_out up_gate[2] = {{s->hb, F, &L->w_up, L->b_up, LP_EPI_NONE, NULL},
+                                          {s->hb2, F, &L->w_gate, NULL, LP_EPI_NONE, NULL}};
         lp_matmul_n(s, s->xn, T, 2, up_gate);
-    } else {
-        lp_matmul(s, s->hb, F, s->xn, T, &L->w_up);
+        lp_step(s, (lp_step_job){.op = LP_STEP_SWIGLU, .y = s->hb, .x = s->hb, .gate = s->hb2,
+                                 .T = T, .n = F});
+    } else { /* gelu in the up matmul's epilogue */
+        const lp_epi_act act = hp->act == LP_ACT_GELU_TANH ? LP_EPI_GELU_TANH : LP_EPI_GELU_ERF;
+        const lp_matmul_out up = {s->hb, F, &L->w_up, L->b_up, act, NULL};
+        lp_matmul_n(s, s->xn, T, 1, &up);
     }
-    lp_add_bias(s, s->hb, L->b_up, T, F);
-    const lp_step_op act = hp->act == LP_ACT_SILU        ? LP_STEP_SWIGLU
-                           : hp->act == LP_ACT_GELU_TANH ? LP_STEP_GELU_TANH
-                                                         : LP_STEP_GELU_ERF;
-    lp_step(s, (lp_step_job){.op = act, .y = s->hb, .x = s->hb, .gate = s->hb2, .T = T, .n = F});
-    lp_matmul(s, s->proj, C, s->hb, T, &L->w_down);
-    lp_add_bias(s, s->proj, L->b_down, T, C);
-    if (lp_hooks_fire(s, LOUPE_HOOK_MLP_OUT, l, s->pos, T, C, 1, s->proj)) return 1;
-    lp_residual_add(s, s->x, s->proj, T, C);
+    const int hooked = lp_hooks_want(s, LOUPE_HOOK_MLP_OUT, l);
+    const lp_matmul_out down = {s->proj, C, &L->w_down, L->b_down, LP_EPI_NONE,
+                                hooked ? NULL : s->x};
+    lp_matmul_n(s, s->hb, T, 1, &down);
+    if (hooked) {
+        if (lp_hooks_fire(s, LOUPE_HOOK_MLP_OUT, l, s->pos, T, C, 1, s->proj)) return 1;
+        lp_residual_add(s, s->x, s->proj, T, C);
+    }
     return lp_hooks_fire(s, LOUPE_HOOK_RESID_POST, l, s->pos, T, C, 1, s->x);
 }
 

@@ -13,11 +13,20 @@
 loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T,
                         float *logits, int all_logits);
 
-/* One product of a shared input: Y (T, ldy) columns [0, W->rows). */
+/* What a product's tasks do to their columns of Y right after computing
+ * them, while those are still in cache: Y += bias, then Y = act(Y), then
+ * resid += Y. Saves a pass over Y (and a pool round trip) per step. */
+typedef enum { LP_EPI_NONE, LP_EPI_GELU_TANH, LP_EPI_GELU_ERF } lp_epi_act;
+
+/* One product of a shared input: Y (T, ldy) columns [0, W->rows), and its
+ * epilogue (fields left zero: none). */
 typedef struct {
     float *Y;
     int ldy;
     const lp_mat *W;
+    const float *bias; /* (W->rows) or NULL */
+    lp_epi_act act;
+    float *resid;      /* (T, ldy) += Y, or NULL */
 } lp_matmul_out;
 
 /* The n (<= 3) products X (T, cols) · W_pᵀ as one threaded job (X quantized

@@ -559,6 +559,74 @@ static void test_int8_logits_reference(void **state) {
     loupe_model_close(m);
 }
 
+/* The matmuls' epilogues (bias, gelu and the residual add done by each
+ * task on the columns it just computed, src/forward.c) against the same
+ * forward pass with hooks on attn_out and mlp_out, which keep the residual
+ * add a separate step: logits bit-identical, int8 and f16 weights, a
+ * prompt of 37 tokens (two 16-token tiles and a tail), 2 threads, under
+ * every kernel table this CPU can run. */
+static int no_op_hook(void *user, const loupe_activation *act) {
+    (void)act;
+    ++*(int *)user;
+    return 0;
+}
+
+static float *logits_hooked(loupe_model *m, const int32_t *ids, int n, int hooked) {
+    loupe_session *s = NULL;
+    loupe_session_params sp = {.n_ctx = 0, .n_threads = 2};
+    assert_int_equal(loupe_session_new(m, &sp, &s), LOUPE_OK);
+    int calls = 0;
+    if (hooked) {
+        assert_int_equal(loupe_session_add_hook(s, "attn_out.*", no_op_hook, &calls), LOUPE_OK);
+        assert_int_equal(loupe_session_add_hook(s, "mlp_out.*", no_op_hook, &calls), LOUPE_OK);
+    }
+    float *lg = malloc(sizeof(float) * (size_t)n * (size_t)loupe_n_vocab(m));
+    assert_non_null(lg);
+    if (loupe_eval(s, ids, n, lg, 1) != LOUPE_OK) fail_msg("eval: %s", loupe_last_error());
+    loupe_model_info info;
+    loupe_model_get_info(m, &info);
+    assert_int_equal(calls, hooked ? 2 * info.n_layers : 0);
+    loupe_session_free(s);
+    return lg;
+}
+
+static void test_epilogues_exact(void **state) {
+    (void)state;
+    static const char *const isas[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx", "neon"};
+    static const lp_dtype types[] = {LP_Q8, LP_F16};
+    char saved[32];
+    snprintf(saved, sizeof saved, "%s", loupe_isa());
+    size_t len = 0;
+    char *corpus = tu_read_file(tu_shared(GPT2CHAR "/corpus.txt"), &len);
+    assert_non_null(corpus);
+    corpus[len > 200 ? 200 : len] = 0;
+    for (int k = 0; k < 2; k++) {
+        char b[512], name[64];
+        snprintf(name, sizeof name, "gpt2char-epi-%s.loupe", lp_quant_type_name(types[k]));
+        const char *dst = tmp_path(b, name);
+        quantize_ok(tu_shared(GPT2CHAR), dst, types[k], NULL, 0, NULL);
+        loupe_model *m = open_ok(dst);
+        int32_t ids[256];
+        const int n = 37;
+        assert_true(tokens_of(m, corpus, ids, 256) >= n);
+        int n_run = 0;
+        for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++) {
+            if (loupe_set_isa(isas[i]) != LOUPE_OK) continue;
+            n_run++;
+            float *fused = logits_hooked(m, ids, n, 0), *split = logits_hooked(m, ids, n, 1);
+            if (memcmp(fused, split, sizeof(float) * (size_t)n * (size_t)loupe_n_vocab(m)))
+                fail_msg("%s %s: logits with the residual add in the matmul epilogue differ",
+                         name, isas[i]);
+            free(fused);
+            free(split);
+        }
+        assert_true(n_run >= 2);
+        loupe_model_close(m);
+    }
+    assert_int_equal(loupe_set_isa(saved), LOUPE_OK);
+    free(corpus);
+}
+
 /* ------------------------------------------------------------ GGUF Q8_0 */
 
 static void test_gguf_q8_bit_identical(void **state) {
@@ -1130,6 +1198,7 @@ int main(void) {
         cmocka_unit_test(test_int8_matches_numpy_stories),
         cmocka_unit_test(test_int8_matches_numpy_gpt2char),
         cmocka_unit_test(test_int8_logits_reference),
+        cmocka_unit_test(test_epilogues_exact),
         cmocka_unit_test(test_gguf_q8_bit_identical),
         cmocka_unit_test(test_keep_rules),
         cmocka_unit_test(test_requant_and_refusals),
