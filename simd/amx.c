@@ -137,15 +137,15 @@ LP_INLINE void q8_store(int n, int32_t (*S)[AMX_M][16]) {
 
 /* noipa: GCC 12.2 at -O3 (with both ipa-modref and ipa-pure-const on)
  * turned pack_q8a, which only calls this, into an empty function. */
-LP_NOIPA static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0,
-                                                  int8_t *tile) {
+LP_NOIPA static void q8_pack_tokens(const lp_q8_act *X, int n_in, int t0, int b0, int b1,
+                                   int8_t *tile) {
     const int nb = n_in / LP_QK8;
     float *d = (float *)(void *)(tile + (size_t)nb * 512);
     int32_t *corr = (int32_t *)(void *)(tile + (size_t)nb * 576);
     for (int a = 0; a < AMX_M; a++) {
         const int8_t *x = X->qs + (size_t)(t0 + a) * n_in;
         const size_t row = (size_t)(t0 + a) * nb;
-        for (int b = 0; b < nb; b++) {
+        for (int b = b0; b < b1; b++) {
             _mm256_storeu_si256((__m256i *)(tile + (size_t)b * 512 + 32 * a),
                                 _mm256_loadu_si256((const __m256i *)(x + 32 * b)));
             d[b * 16 + a] = X->d[row + b];
@@ -208,8 +208,8 @@ static size_t q8a_tiles_bytes(int T, int n_in) {
     return (size_t)(T / AMX_M) * Q8_TILE_BYTES(n_in / LP_QK8);
 }
 
-static void pack_q8a(const lp_q8_act *X, int n_in, int i, int8_t *tiles) {
-    q8_pack_tokens(X, n_in, i * AMX_M, tiles + (size_t)i * Q8_TILE_BYTES(n_in / LP_QK8));
+static void pack_q8a(const lp_q8_act *X, int n_in, int i, int b0, int b1, int8_t *tiles) {
+    q8_pack_tokens(X, n_in, i * AMX_M, b0, b1, tiles + (size_t)i * Q8_TILE_BYTES(n_in / LP_QK8));
 }
 
 /* Groups per block: a block (8 x 16 x n_in bytes) stays in L2 while every
@@ -229,7 +229,7 @@ static void gemm_q8p(int T, int n_in, const lp_q8_act *X, const uint8_t *W, int 
     if (Tm > 0 && !xa) { /* not laid out by pack_q8a: do it here */
         own = aligned_alloc(64, q8a_tiles_bytes(T, n_in));
         if (!own) Tm = 0;
-        for (int i = 0; i < Tm / AMX_M; i++) pack_q8a(X, n_in, i, own);
+        for (int i = 0; i < Tm / AMX_M; i++) pack_q8a(X, n_in, i, 0, nb, own);
         xa = own;
     }
     if (Tm > 0) {

@@ -117,11 +117,12 @@ typedef struct lp_kernels {
     /* Optional (NULL in all tables but amx): quantized activations laid out
      * for this table's gemm_q8p, once per matmul rather than once per call.
      * q8a_tiles_bytes(T, n_in): the bytes for T rows; pack_q8a(X, n_in, i,
-     * tiles): rows [16i, 16i + 16) of X into tiles, which holds all T rows
-     * (the last T % 16 rows are never packed). gemm_q8p reads X->tiles if
-     * set, else lays the rows out itself. */
+     * b0, b1, tiles): blocks [b0, b1) of rows [16i, 16i + 16) of X into
+     * tiles, which holds all T rows (the last T % 16 rows are never
+     * packed). gemm_q8p reads X->tiles if set, else lays the rows out
+     * itself. */
     size_t (*q8a_tiles_bytes)(int T, int n_in);
-    void (*pack_q8a)(const lp_q8_act *X, int n_in, int i, int8_t *tiles);
+    void (*pack_q8a)(const lp_q8_act *X, int n_in, int i, int b0, int b1, int8_t *tiles);
     /* f16 weights in bf16 arithmetic, for prefill: Y[t, r] = sum_i Xb[t, i]
      * * bf16(W[r, i]), Xb (T, n_in) bf16 from f32_to_bf16, each f16 weight
      * rounded to bf16 (nearest even), products exact, sums in f32 (the

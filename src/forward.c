@@ -46,6 +46,34 @@ static int lp_mat_units(const lp_mat *W) {
     return W->type == LP_Q8P ? LP_Q8P_GROUPS(W->rows) : W->rows;
 }
 
+/* An input X (T, n) of LP_Q8P products quantized into the session's
+ * buffers: by its own job before the matmul (lp_quant_task, 16 rows a
+ * task), or by the step that produced X, while the rows are in cache. Full
+ * 16-row tiles are also laid out in the table's tile format (pack_q8a). */
+typedef struct lp_quant_job {
+    const lp_kernels *k;
+    const float *X;  /* (T, n) */
+    int T, n;
+    int8_t *qs;      /* (T, n) */
+    float *d;        /* (T, n/32) */
+    int32_t *corr;   /* (T, n/32) */
+    int8_t *tiles;   /* q8a_tiles_bytes(T, n), or NULL */
+} lp_quant_job;
+
+/* Rows [t0, t1), columns [c0, c1) (multiples of 32) of X into j. */
+static void lp_quant_rows(const lp_quant_job *j, int t0, int t1, int c0, int c1) {
+    const size_t nb = (size_t)(j->n / LP_QK8);
+    const int b0 = c0 / LP_QK8, b1 = c1 / LP_QK8;
+    for (int t = t0; t < t1; t++) {
+        const size_t o = (size_t)t * j->n + c0;
+        j->k->quantize_q8a(j->X + o, c1 - c0, j->qs + o, j->d + t * nb + b0, j->corr + t * nb + b0);
+    }
+    if (!j->tiles) return;
+    const lp_q8_act act = {j->qs, j->d, j->corr, NULL};
+    for (int i = (t0 + 15) / 16; (i + 1) * 16 <= t1; i++)
+        j->k->pack_q8a(&act, j->n, i, b0, b1, j->tiles);
+}
+
 /* The epilogue of out (see lp_matmul_out) on its columns [c0, c1). */
 static void lp_matmul_epilogue(const lp_kernels *k, const lp_matmul_out *out, int T, int c0,
                                int c1) {
@@ -94,6 +122,7 @@ static void lp_matmul_q8_epilogue(const lp_matmul_job *j, const lp_matmul_out *o
             o.Y = Y;
             o.resid = out->resid ? out->resid + (size_t)t0 * out->ldy : NULL;
             lp_matmul_epilogue(j->k, &o, tn, r0, r1);
+            if (out->quant) lp_quant_rows(out->quant, t0, t0 + tn, r0, r1);
         }
     }
 }
@@ -107,7 +136,7 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
     const int q8 = out->W->type == LP_Q8P;
     int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
     if (b > lp_mat_units(out->W)) b = lp_mat_units(out->W);
-    if (!out->bias && out->act == LP_EPI_NONE && !out->resid) {
+    if (!out->bias && out->act == LP_EPI_NONE && !out->resid && !out->quant) {
         lp_matmul_units(j, out, a, b);
     } else if (q8) {
         lp_matmul_q8_epilogue(j, out, a, b);
@@ -122,31 +151,10 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
     }
 }
 
-/* Activation rows quantized for LP_Q8P, 16 per task; each full 16 also
- * laid out in the table's tile format (pack_q8a) when tiles is set, while
- * they are in cache. */
-typedef struct {
-    const lp_kernels *k;
-    const float *X;  /* (T, n) */
-    int T, n;
-    int8_t *qs;      /* (T, n) */
-    float *d;        /* (T, n/32) */
-    int32_t *corr;   /* (T, n/32) */
-    int8_t *tiles;   /* q8a_tiles_bytes(T, n), or NULL */
-} lp_quant_job;
-
 static void lp_quant_task(void *ctx, int i, int thread) {
     (void)thread;
     const lp_quant_job *j = ctx;
-    const size_t nb = (size_t)(j->n / LP_QK8);
-    const int t0 = i * 16, t1 = t0 + 16 < j->T ? t0 + 16 : j->T;
-    for (int t = t0; t < t1; t++)
-        j->k->quantize_q8a(j->X + (size_t)t * j->n, j->n, j->qs + (size_t)t * j->n, j->d + t * nb,
-                           j->corr + t * nb);
-    if (j->tiles && t1 - t0 == 16) {
-        const lp_q8_act act = {j->qs, j->d, j->corr, NULL};
-        j->k->pack_q8a(&act, j->n, i, j->tiles);
-    }
+    lp_quant_rows(j, i * 16, (i + 1) * 16 < j->T ? (i + 1) * 16 : j->T, 0, j->n);
 }
 
 typedef struct {
@@ -171,18 +179,35 @@ static void lp_run_tasks(loupe_session *s, int n_threads, int n, lp_task_fn fn, 
         lp_pool_run(s->pool, n, fn, ctx);
 }
 
-/* s->xq_tiles with room for the tile layout of T rows of n (pack_q8a), or
+/* b->tiles with room for the tile layout of T rows of n (pack_q8a), or
  * NULL if memory runs out (each kernel call then lays out its own). */
-static int8_t *lp_reserve_tiles(loupe_session *s, const lp_kernels *k, int T, int n) {
+static int8_t *lp_reserve_tiles(lp_q8_buf *b, const lp_kernels *k, int T, int n) {
     const size_t need = (k->q8a_tiles_bytes(T, n) + 63) / 64 * 64;
-    if (need > s->cap_xq_tiles) {
+    if (need > b->cap_tiles) {
         int8_t *p = aligned_alloc(64, need);
         if (!p) return NULL;
-        free(s->xq_tiles);
-        s->xq_tiles = p;
-        s->cap_xq_tiles = need;
+        free(b->tiles);
+        b->tiles = p;
+        b->cap_tiles = need;
     }
-    return s->xq_tiles;
+    return b->tiles;
+}
+
+/* Buffer b of the session (s->xq), ready to take X (T, n) quantized. */
+static lp_quant_job lp_quant_setup(loupe_session *s, int b, const float *X, int T, int n) {
+    const lp_kernels *k = lp_kern();
+    lp_q8_buf *q8 = &s->xq[b];
+    lp_quant_job q = {k, X, T, n, q8->qs, q8->d, q8->corr, NULL};
+    if (k->pack_q8a && T >= 16) q.tiles = lp_reserve_tiles(q8, k, T, n);
+    return q;
+}
+
+/* Whether all n products take one int8 input (the step that makes it can
+ * then quantize it: lp_quant_rows). */
+static int lp_all_q8(const lp_matmul_out *out, int n) {
+    for (int p = 0; p < n; p++)
+        if (out[p].W->type != LP_Q8P || out[p].W->cols != out[0].W->cols) return 0;
+    return 1;
 }
 
 /* Tasks of a matmul: ~4 per thread for balance. Float rows go in multiples
@@ -197,11 +222,14 @@ static int lp_matmul_per_task(const lp_mat *W, int n_threads) {
     return per < 16 ? 16 : per;
 }
 
-void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul_out *out) {
+/* lp_matmul_n, with X already quantized into q (all products LP_Q8P of
+ * width q->n) or, q NULL, not. */
+static void lp_matmul_q(loupe_session *s, const float *X, int T, int n, const lp_matmul_out *out,
+                        const lp_quant_job *q) {
     for (int p = 1; p < n; p++) /* one job needs one input format */
         if (out[p].W->type != out[0].W->type || out[p].W->cols != out[0].W->cols ||
             n > LP_MATMUL_MAX) {
-            for (int q = 0; q < n; q++) lp_matmul_n(s, X, T, 1, &out[q]);
+            for (int i = 0; i < n; i++) lp_matmul_q(s, X, T, 1, &out[i], q);
             return;
         }
     const lp_kernels *k = lp_kern();
@@ -210,11 +238,15 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     for (int p = 0; p < n; p++) macs += (size_t)out[p].W->rows * W0->cols * T;
     /* a small product is not worth waking other threads for */
     int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
-    lp_matmul_job j = {k, X, NULL, {s->xq, s->xq_d, s->xq_corr, NULL}, T, n, {{0}}, {0}, {0}};
+    lp_matmul_job j = {k, X, NULL, {NULL, NULL, NULL, NULL}, T, n, {{0}}, {0}, {0}};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
-        if (k->pack_q8a && T >= 16) j.act.tiles = lp_reserve_tiles(s, k, T, W0->cols);
-        lp_quant_job qj = {k, X, T, W0->cols, s->xq, s->xq_d, s->xq_corr, (int8_t *)j.act.tiles};
-        lp_run_tasks(s, n_threads, (T + 15) / 16, lp_quant_task, &qj);
+        lp_quant_job qj;
+        if (!q) {
+            qj = lp_quant_setup(s, 0, X, T, W0->cols);
+            lp_run_tasks(s, n_threads, (T + 15) / 16, lp_quant_task, &qj);
+            q = &qj;
+        }
+        j.act = (lp_q8_act){q->qs, q->d, q->corr, q->tiles};
     } else if (W0->type == LP_F16 && k->gemm_f16_bf16 && T >= LP_BF16_MIN_T &&
                W0->cols % 32 == 0) { /* round each activation row to bf16 once */
         lp_bf16_job bj = {k, X, W0->cols, s->xb16};
@@ -230,8 +262,12 @@ void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul
     lp_run_tasks(s, n_threads, j.first_task[n], lp_matmul_task, &j);
 }
 
+void lp_matmul_n(loupe_session *s, const float *X, int T, int n, const lp_matmul_out *out) {
+    lp_matmul_q(s, X, T, n, out, NULL);
+}
+
 void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const lp_mat *W) {
-    const lp_matmul_out out = {Y, ldy, W, NULL, LP_EPI_NONE, NULL};
+    const lp_matmul_out out = {Y, ldy, W, NULL, LP_EPI_NONE, NULL, NULL};
     lp_matmul_n(s, X, T, 1, &out);
 }
 
@@ -240,8 +276,9 @@ void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const
 /* The element-wise steps between matmuls that no epilogue takes (norms,
  * swiglu, a residual add a hook may change first), split by rows over the
  * pool when the batch is large, so that the other cores need not wait for
- * one thread. Decode-sized steps stay on the
- * calling thread (a pool round trip costs microseconds). */
+ * one thread; each 16 rows then quantized for the next int8 matmul when
+ * quant is set. Decode-sized steps stay on the calling thread (a pool round
+ * trip costs microseconds). */
 #define LP_MIN_PARALLEL_ELEMS (1u << 16)
 
 typedef enum {
@@ -257,12 +294,17 @@ typedef struct {
     const float *gate; /* (T, n): swiglu's gate */
     const float *w, *b; /* (n): norm weight and bias */
     int T, n;
+    const lp_quant_job *quant; /* y into it, or NULL */
     const loupe_model *m;
     const lp_kernels *k;
-    int per_task;      /* rows */
+    int per_task;      /* rows; a multiple of 16 when quant is set */
 } lp_step_job;
 
 static void lp_step_rows(const lp_step_job *j, int t0, int t1) {
+    if (j->quant && t1 - t0 > 16) { /* 16 rows at a time, quantized while in L1 */
+        for (int t = t0; t < t1; t += 16) lp_step_rows(j, t, t + 16 < t1 ? t + 16 : t1);
+        return;
+    }
     const lp_kernels *k = j->k;
     for (int t = t0; t < t1; t++) {
         const size_t o = (size_t)t * j->n;
@@ -277,6 +319,7 @@ static void lp_step_rows(const lp_step_job *j, int t0, int t1) {
         case LP_STEP_SWIGLU: k->swiglu(j->y + o, j->gate + o, j->x + o, j->n); break;
         }
     }
+    if (j->quant) lp_quant_rows(j->quant, t0, t1, 0, j->n);
 }
 
 static void lp_step_task(void *ctx, int i, int thread) {
@@ -296,13 +339,15 @@ static void lp_step(loupe_session *s, lp_step_job j) {
     }
     const int n_tasks = 4 * n_threads < j.T ? 4 * n_threads : j.T;
     j.per_task = (j.T + n_tasks - 1) / n_tasks;
+    if (j.quant) j.per_task = (j.per_task + 15) / 16 * 16;
     lp_pool_run(s->pool, (j.T + j.per_task - 1) / j.per_task, lp_step_task, &j);
 }
 
+/* quant: out into it for the next int8 matmul, or NULL */
 static void lp_norm_rows(loupe_session *s, float *out, const float *x, int T, const float *w,
-                         const float *b) {
+                         const float *b, const lp_quant_job *quant) {
     lp_step(s, (lp_step_job){.op = LP_STEP_NORM, .y = out, .x = x, .w = w, .b = b, .T = T,
-                             .n = s->m->hp.dim});
+                             .n = s->m->hp.dim, .quant = quant});
 }
 
 /* x (T, n) += y: the residual stream takes a block's output. */
@@ -408,11 +453,14 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     uint8_t *k_layer = (uint8_t *)s->k_cache + layer_off;   /* (K, n_ctx, D) */
     uint8_t *v_layer = (uint8_t *)s->v_cache + layer_off;   /* (K, n_ctx, D) */
 
-    lp_norm_rows(s, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b);
-    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq, L->bq, LP_EPI_NONE, NULL},
-                                  {s->kbuf, kv_dim, &L->wk, L->bk, LP_EPI_NONE, NULL},
-                                  {s->vbuf, kv_dim, &L->wv, L->bv, LP_EPI_NONE, NULL}};
-    lp_matmul_n(s, s->xn, T, 3, qkv);
+    const lp_matmul_out qkv[3] = {{s->q, q_dim, &L->wq, L->bq, LP_EPI_NONE, NULL, NULL},
+                                  {s->kbuf, kv_dim, &L->wk, L->bk, LP_EPI_NONE, NULL, NULL},
+                                  {s->vbuf, kv_dim, &L->wv, L->bv, LP_EPI_NONE, NULL, NULL}};
+    /* int8 Q, K, V: the norm quantizes its rows for them */
+    lp_quant_job qn;
+    const lp_quant_job *q = lp_all_q8(qkv, 3) ? (qn = lp_quant_setup(s, 0, s->xn, T, C), &qn) : NULL;
+    lp_norm_rows(s, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b, q);
+    lp_matmul_q(s, s->xn, T, 3, qkv, q);
     lp_kv_job kj = {s, T, pos0, k_layer, v_layer, 0};
     const int kv_threads = (size_t)T * (q_dim + 2 * kv_dim) < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
     kj.per_task = (T + 4 * kv_threads - 1) / (4 * kv_threads);
@@ -452,7 +500,7 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
 
     /* the residual add joins the matmul unless a hook may change attn_out */
     const int hooked = lp_hooks_want(s, LOUPE_HOOK_ATTN_OUT, l);
-    const lp_matmul_out o = {s->proj, C, &L->wo, L->bo, LP_EPI_NONE, hooked ? NULL : s->x};
+    const lp_matmul_out o = {s->proj, C, &L->wo, L->bo, LP_EPI_NONE, hooked ? NULL : s->x, NULL};
     lp_matmul_n(s, s->att, T, 1, &o);
     if (hooked) {
         if (lp_hooks_fire(s, LOUPE_HOOK_ATTN_OUT, l, pos0, T, C, 1, s->proj)) return 1;
@@ -470,22 +518,33 @@ static int lp_mlp_forward(loupe_session *s, int l, int T) {
     const lp_layer *L = &m->w.layers[l];
     int C = hp->dim, F = hp->ffn_dim;
 
-    lp_norm_rows(s, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b);
-    if (hp->act == LP_ACT_SILU) { /* gate and up in one job, then silu(gate) * up */
-        const lp_matmul_out up_gate[2] = {{s->hb, F, &L->w_up, L->b_up, LP_EPI_NONE, NULL},
-                                          {s->hb2, F, &L->w_gate, NULL, LP_EPI_NONE, NULL}};
-        lp_matmul_n(s, s->xn, T, 2, up_gate);
+    /* int8 weights: the norm quantizes its rows for up (and gate), and the
+     * activation, in up's epilogue or the swiglu step, for down */
+    const int silu = hp->act == LP_ACT_SILU;
+    const lp_matmul_out up_gate[2] = {
+        {s->hb, F, &L->w_up, L->b_up, LP_EPI_NONE, NULL, NULL},
+        {s->hb2, F, &L->w_gate, NULL, LP_EPI_NONE, NULL, NULL}};
+    lp_quant_job qn, qh;
+    const lp_quant_job *q_up =
+        lp_all_q8(up_gate, silu ? 2 : 1) ? (qn = lp_quant_setup(s, 0, s->xn, T, C), &qn) : NULL;
+    const lp_quant_job *q_down = L->w_down.type == LP_Q8P && (silu || L->w_up.type == LP_Q8P)
+                                     ? (qh = lp_quant_setup(s, 1, s->hb, T, F), &qh)
+                                     : NULL;
+    lp_norm_rows(s, s->xn, s->x, T, L->ffn_norm_w, L->ffn_norm_b, q_up);
+    if (silu) { /* gate and up in one job, then silu(gate) * up */
+        lp_matmul_q(s, s->xn, T, 2, up_gate, q_up);
         lp_step(s, (lp_step_job){.op = LP_STEP_SWIGLU, .y = s->hb, .x = s->hb, .gate = s->hb2,
-                                 .T = T, .n = F});
+                                 .T = T, .n = F, .quant = q_down});
     } else { /* gelu in the up matmul's epilogue */
-        const lp_epi_act act = hp->act == LP_ACT_GELU_TANH ? LP_EPI_GELU_TANH : LP_EPI_GELU_ERF;
-        const lp_matmul_out up = {s->hb, F, &L->w_up, L->b_up, act, NULL};
-        lp_matmul_n(s, s->xn, T, 1, &up);
+        lp_matmul_out up = up_gate[0];
+        up.act = hp->act == LP_ACT_GELU_TANH ? LP_EPI_GELU_TANH : LP_EPI_GELU_ERF;
+        up.quant = q_down;
+        lp_matmul_q(s, s->xn, T, 1, &up, q_up);
     }
     const int hooked = lp_hooks_want(s, LOUPE_HOOK_MLP_OUT, l);
     const lp_matmul_out down = {s->proj, C, &L->w_down, L->b_down, LP_EPI_NONE,
-                                hooked ? NULL : s->x};
-    lp_matmul_n(s, s->hb, T, 1, &down);
+                                hooked ? NULL : s->x, NULL};
+    lp_matmul_q(s, s->hb, T, 1, &down, q_down);
     if (hooked) {
         if (lp_hooks_fire(s, LOUPE_HOOK_MLP_OUT, l, s->pos, T, C, 1, s->proj)) return 1;
         lp_residual_add(s, s->x, s->proj, T, C);
@@ -520,7 +579,7 @@ static int lp_head(loupe_session *s, int T, float *logits, int all_logits) {
     int C = m->hp.dim;
     int first = all_logits ? 0 : T - 1;
     int n = T - first;
-    lp_norm_rows(s, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b);
+    lp_norm_rows(s, s->xn, s->x + (size_t)first * C, n, m->w.out_norm_w, m->w.out_norm_b, NULL);
     if (lp_hooks_fire(s, LOUPE_HOOK_FINAL_NORM, -1, s->pos + first, n, C, 1, s->xn)) return 1;
     lp_matmul(s, logits, m->hp.n_vocab, s->xn, n, &m->w.lm_head);
     return lp_hooks_fire(s, LOUPE_HOOK_LOGITS, -1, s->pos + first, n, m->hp.n_vocab, 1, logits);
@@ -554,7 +613,7 @@ loupe_status loupe_unembed(loupe_session *s, const float *resid, int n, float *l
     int C = m->hp.dim, V = m->hp.n_vocab;
     for (int done = 0; done < n;) {
         int T = n - done < s->cap_T ? n - done : s->cap_T;
-        lp_norm_rows(s, s->xn, resid + (size_t)done * C, T, m->w.out_norm_w, m->w.out_norm_b);
+        lp_norm_rows(s, s->xn, resid + (size_t)done * C, T, m->w.out_norm_w, m->w.out_norm_b, NULL);
         lp_matmul(s, logits + (size_t)done * V, V, s->xn, T, &m->w.lm_head);
         done += T;
     }

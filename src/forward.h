@@ -15,8 +15,10 @@ loupe_status lp_forward(loupe_session *s, const int32_t *tokens, int T,
 
 /* What a product's tasks do to their columns of Y right after computing
  * them, while those are still in cache: Y += bias, then Y = act(Y), then
- * resid += Y. Saves a pass over Y (and a pool round trip) per step. */
+ * resid += Y, then Y quantized for the next int8 matmul. Saves a pass over
+ * Y (and a pool round trip) per step. */
 typedef enum { LP_EPI_NONE, LP_EPI_GELU_TANH, LP_EPI_GELU_ERF } lp_epi_act;
+struct lp_quant_job;
 
 /* One product of a shared input: Y (T, ldy) columns [0, W->rows), and its
  * epilogue (fields left zero: none). */
@@ -27,6 +29,8 @@ typedef struct {
     const float *bias; /* (W->rows) or NULL */
     lp_epi_act act;
     float *resid;      /* (T, ldy) += Y, or NULL */
+    const struct lp_quant_job *quant; /* Y (T, ldy = its n) into it, or NULL;
+                                         int8 W of rows % 32 == 0 only */
 } lp_matmul_out;
 
 /* The n (<= 3) products X (T, cols) · W_pᵀ as one threaded job (X quantized

@@ -57,15 +57,19 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->hb = lp_calloc_floats(T * hp->ffn_dim);
     s->hb2 = lp_calloc_floats(T * hp->ffn_dim);
     s->proj = lp_calloc_floats(T * hp->dim);
-    s->xq = calloc(T * wide, sizeof(uint16_t)); /* also the bf16 rows, xb16 */
-    s->xb16 = (uint16_t *)(void *)s->xq;
-    s->xq_d = lp_calloc_floats(T * (wide / LP_QK8 + 1));
-    s->xq_corr = calloc(T * (wide / LP_QK8 + 1), sizeof(int32_t));
+    int xq_ok = 1;
+    for (int i = 0; i < 2; i++) { /* [0] is also the bf16 rows, xb16 */
+        s->xq[i].qs = calloc(T * wide, i == 0 ? sizeof(uint16_t) : 1);
+        s->xq[i].d = lp_calloc_floats(T * (wide / LP_QK8 + 1));
+        s->xq[i].corr = calloc(T * (wide / LP_QK8 + 1), sizeof(int32_t));
+        xq_ok = xq_ok && s->xq[i].qs && s->xq[i].d && s->xq[i].corr;
+    }
+    s->xb16 = (uint16_t *)(void *)s->xq[0].qs;
     s->attn_scratch_ld = lp_attn_scratch_floats(n_ctx, hp->head_dim);
     s->attn_scratch = aligned_alloc(64, (size_t)lp_pool_size(s->pool) * s->attn_scratch_ld * sizeof(float));
     s->logits = lp_calloc_floats((size_t)hp->n_vocab);
     if (!s->pool || !s->k_cache || !s->v_cache || !s->kbuf || !s->vbuf || !s->history || !s->x || !s->xn ||
-        !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !s->xq || !s->xq_d || !s->xq_corr ||
+        !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !xq_ok ||
         !s->attn_scratch || !s->logits) {
         loupe_session_free(s);
         return lp_fail(LOUPE_ERR_NOMEM,
@@ -91,10 +95,12 @@ void loupe_session_free(loupe_session *s) {
     free(s->hb);
     free(s->hb2);
     free(s->proj);
-    free(s->xq);
-    free(s->xq_d);
-    free(s->xq_corr);
-    free(s->xq_tiles);
+    for (int i = 0; i < 2; i++) {
+        free(s->xq[i].qs);
+        free(s->xq[i].d);
+        free(s->xq[i].corr);
+        free(s->xq[i].tiles);
+    }
     free(s->attn_scratch);
     free(s->logits);
     free(s->hooks);

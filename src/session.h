@@ -16,6 +16,16 @@ typedef struct {
     void *user;
 } lp_hook;
 
+/* A matmul's input rows (T, n) quantized for LP_Q8P weights (lp_q8_act);
+ * n <= wide = max(dim, ffn_dim, n_heads*head_dim). */
+typedef struct {
+    int8_t *qs;       /* (T, n) */
+    float *d;         /* (T, n/32) */
+    int32_t *corr;    /* (T, n/32) */
+    int8_t *tiles;    /* qs laid out by the table's pack_q8a (amx), grown on first use */
+    size_t cap_tiles; /* bytes */
+} lp_q8_buf;
+
 struct loupe_session {
     const loupe_model *m;
     int n_ctx;           /* KV cache capacity in positions */
@@ -37,18 +47,14 @@ struct loupe_session {
     float *hb;      /* (T, ffn_dim) */
     float *hb2;     /* (T, ffn_dim) */
     float *proj;    /* (T, dim) */
-    /* a matmul's input rows quantized for LP_Q8P weights (lp_q8_act);
-     * n = n_in of that matmul <= max(dim, ffn_dim, n_heads*head_dim) */
-    int8_t *xq;      /* (T, n) */
-    float *xq_d;     /* (T, n/32) */
-    int32_t *xq_corr;/* (T, n/32) */
+    /* a matmul's input rows quantized for LP_Q8P weights: [0] the matmul
+     * at hand's; [1] the MLP down matmul's, which the up matmul's epilogue
+     * writes while it reads [0] */
+    lp_q8_buf xq[2];
     /* ... or rounded to bf16 for f16 weights in prefill (gemm_f16_bf16):
-     * the same memory as xq (allocated for 2 bytes per element), since one
-     * matmul uses one of them */
+     * the same memory as xq[0].qs (allocated for 2 bytes per element),
+     * since one matmul uses one of them */
     uint16_t *xb16;  /* (T, n) */
-    /* xq laid out by the table's pack_q8a (amx), grown on first use */
-    int8_t *xq_tiles;
-    size_t cap_xq_tiles; /* bytes */
     float *attn_scratch; /* (n_threads, attn_scratch_ld), 64-byte aligned */
     size_t attn_scratch_ld; /* lp_attn_scratch_floats(n_ctx, head_dim), a multiple of 16 */
     float *logits;  /* (n_vocab) last position */

@@ -381,7 +381,10 @@ static void case_gemm_q8p(const lp_kernels *k, check_ctx *c, rng *g) {
                     lp_q8_act act = xq.act;
                     if (k->pack_q8a && T >= 16 && (a + o + b + which) % 2 == 0) {
                         tiles = malloc(k->q8a_tiles_bytes(T, n) + 1);
-                        for (int i = 0; i < T / 16; i++) k->pack_q8a(&xq.act, n, i, tiles);
+                        for (int i = 0; i < T / 16; i++) { /* in two block ranges */
+                            k->pack_q8a(&xq.act, n, i, 0, n / 64, tiles);
+                            k->pack_q8a(&xq.act, n, i, n / 64, n / 32, tiles);
+                        }
                         act.tiles = tiles;
                     }
                     k->gemm_q8p(T, n, &act, W, n_out, got, ldy, g0, g1);
