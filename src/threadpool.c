@@ -52,6 +52,7 @@ struct lp_pool {
     pthread_cond_t done;   /* the caller waits here for completion */
     atomic_uint generation;
     atomic_int next_task;
+    atomic_ullong claimed; /* tasks taken, when there is one per thread */
     atomic_uint n_done;    /* workers finished with the current job */
     int stop;
     /* current job */
@@ -97,14 +98,27 @@ static unsigned lp_spin_while_equal(atomic_uint *word, unsigned seen) {
     }
 }
 
-/* Runs tasks of the current job until none is left; books its share. */
+/* Runs tasks of the current job until none is left; books its share. A
+ * job of one task per thread is run task t on thread t where it can be
+ * (each thread takes its own first, then any left), so that jobs over the
+ * same rows in a row keep each thread's rows in its own cache. */
 static void lp_pool_work(lp_pool *p, int thread) {
     const int64_t t0 = lp_now_ns();
     int n = 0;
-    for (;; n++) {
-        int i = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
-        if (i >= p->n_tasks) break;
-        p->task(p->ctx, i, thread);
+    if (p->n_tasks == p->n_threads && p->n_tasks <= 64) { /* one bit each in claimed */
+        for (int k = 0; k < p->n_tasks; k++) {
+            const int i = (thread + k) % p->n_tasks;
+            const unsigned long long bit = 1ull << i;
+            if (atomic_fetch_or_explicit(&p->claimed, bit, memory_order_relaxed) & bit) continue;
+            p->task(p->ctx, i, thread);
+            n++;
+        }
+    } else {
+        for (;; n++) {
+            int i = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
+            if (i >= p->n_tasks) break;
+            p->task(p->ctx, i, thread);
+        }
     }
     p->shares[thread] = (lp_share){n ? lp_now_ns() - t0 : 0, n};
 }
@@ -151,6 +165,7 @@ lp_pool *lp_pool_new(int n_threads) {
     pthread_cond_init(&p->done, NULL);
     atomic_init(&p->generation, 0);
     atomic_init(&p->next_task, 0);
+    atomic_init(&p->claimed, 0);
     atomic_init(&p->n_done, 0);
     p->solo_ns = LP_SOLO_MIN_NS;
     if (n_threads > 1) {
@@ -228,6 +243,7 @@ void lp_pool_run(lp_pool *p, int n_tasks, lp_task_fn task, void *ctx) {
     p->ctx = ctx;
     p->n_tasks = n_tasks;
     atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claimed, 0, memory_order_relaxed);
     atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
