@@ -350,10 +350,71 @@ LP_INLINE __m512 round_away(__m512 v) {
         _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u))));
 }
 
+/* Lane b of the result: the max (or sum) of the 16 lanes of v[b]. Four
+ * rounds each halve the vectors and the lanes per block; v holds the
+ * blocks in the order 0 4 8 12 1 5 9 13 .. (SIXTEEN_ORDER), for which the
+ * lanes come out in block order. */
+#define SIXTEEN_ORDER(k) (4 * ((k) % 4) + (k) / 4)
+#define REDUCE16(name, op)                                                                     \
+    LP_INLINE __m512 name(__m512 v[16]) {                                                      \
+        for (int i = 0; i < 8; i++) /* 8 lanes per block */                                    \
+            v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),                      \
+                      _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));                     \
+        for (int i = 0; i < 4; i++) /* 4 */                                                    \
+            v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),                      \
+                      _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xdd));                     \
+        for (int i = 0; i < 2; i++) /* 2 */                                                    \
+            v[i] = op(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44),                         \
+                      _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xee));                        \
+        return op(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xdd)); \
+    }
+REDUCE16(reduce16_max, _mm512_max_ps)
+REDUCE16(reduce16_add, _mm512_add_ps)
+#undef REDUCE16
+
+/* 16 blocks (512 values) with no NaN or inf: the per-block reductions and
+ * divisions done 16 blocks at a time. Same arithmetic as quantize_q8a's
+ * block loop, so the same bits. */
+LP_INLINE void quantize_q8a_x16(const float *x, int8_t *qs, float *d, int32_t *corr) {
+    __m512 m[16], sum[16];
+    for (int k = 0; k < 16; k++) {
+        const float *xb = x + SIXTEEN_ORDER(k) * LP_QK8;
+        m[k] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16)));
+    }
+    const __m512 dv = _mm512_div_ps(reduce16_max(m), _mm512_set1_ps(127.0f));
+    const __mmask16 nz = _mm512_cmp_ps_mask(dv, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _Alignas(64) float id[16];
+    _mm512_store_ps(id, _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dv));
+    _mm512_storeu_ps(d, dv);
+    for (int b = 0; b < 16; b++) {
+        const __m512 ib = _mm512_set1_ps(id[b]);
+        const __m512 r0 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x + b * LP_QK8), ib));
+        const __m512 r1 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x + b * LP_QK8 + 16), ib));
+        _mm_storeu_si128((__m128i *)(qs + b * LP_QK8), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r0)));
+        _mm_storeu_si128((__m128i *)(qs + b * LP_QK8 + 16), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r1)));
+        sum[SIXTEEN_ORDER(b)] = _mm512_add_ps(r0, r1); /* integers below 2^13: exact */
+    }
+    _mm512_storeu_si512(corr, _mm512_mullo_epi32(_mm512_cvtps_epi32(reduce16_add(sum)),
+                                                  _mm512_set1_epi32(-128)));
+}
+
+/* Whether 16 blocks hold only finite values. */
+LP_INLINE int finite_x16(const float *x) {
+    __mmask16 bad = 0;
+    for (int i = 0; i < 16 * LP_QK8; i += 16) bad |= _mm512_fpclass_ps_mask(_mm512_loadu_ps(x + i), 0x99);
+    return bad == 0;
+}
+
 /* Bit-identical to the scalar twin: same fp32 d = amax / 127, same
  * x * (1/d), same rounding; corr from the exact int32 sum. */
 static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *corr) {
-    for (int b = 0; b < n / LP_QK8; b++) {
+    int b = 0;
+    for (; b + 16 <= n / LP_QK8; b += 16) {
+        const size_t o = (size_t)b * LP_QK8;
+        if (!finite_x16(x + o)) break;
+        quantize_q8a_x16(x + o, qs + o, d + b, corr + b);
+    }
+    for (; b < n / LP_QK8; b++) {
         const __m512 v0 = _mm512_loadu_ps(x + (size_t)b * LP_QK8);
         const __m512 v1 = _mm512_loadu_ps(x + (size_t)b * LP_QK8 + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));

@@ -419,10 +419,14 @@ static float *q8a_as_floats(const lp_kernels *k, const float *x, int n) {
 }
 
 static void case_quantize_q8a(const lp_kernels *k, check_ctx *c, rng *g) {
-    static const int N[] = {32, 64, 96, 160, 768, 2048 + 32};
+    /* 16 blocks at a time (avx512) and the rest; a NaN or an inf in one
+     * block (n = 1024, 576: in the second run of 16, in the first) */
+    static const int N[] = {32, 64, 96, 160, 512, 768, 2048 + 32, 1024, 576};
     for (int a = 0; a < COUNT(N); a++) {
         const int n = N[a], nb = n / LP_QK8;
         float *x = rand_vec(g, n, -5, 5);
+        if (n == 1024) x[20 * LP_QK8 + 5] = NAN;
+        if (n == 576) x[5 * LP_QK8 + 31] = -INFINITY;
         for (int j = 0; j < LP_QK8; j++) x[j] = 0.0f; /* all-zero block: d = 0, corr = 0 */
         if (nb > 1) x[LP_QK8 + 3] = -1e4f;          /* negative extreme sets d */
         if (nb > 2) { /* d = 1 exactly: x * (1/d) = k + 0.5 are ties (away from 0) */
