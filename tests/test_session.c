@@ -54,15 +54,21 @@ static loupe_session *new_session(int n_ctx, int threads, int kv_f16) {
     return s;
 }
 
-/* (N_TOK, V) logits of one batched f32 evaluation on `threads` threads. */
-static float *batch_logits(int threads, int kv_f16) {
+/* (n, V) logits of the first n of ids evaluated as one batch on `threads`
+ * threads. */
+static float *batch_logits_of(const int32_t *ids, int n, int threads, int kv_f16) {
     loupe_session *s = new_session(0, threads, kv_f16);
-    float *lg = malloc(sizeof(float) * N_TOK * info.n_vocab);
+    float *lg = malloc(sizeof(float) * (size_t)n * info.n_vocab);
     assert_non_null(lg);
-    assert_int_equal(loupe_eval(s, toks, N_TOK, lg, 1), LOUPE_OK);
-    assert_int_equal(loupe_session_pos(s), N_TOK);
+    assert_int_equal(loupe_eval(s, ids, n, lg, 1), LOUPE_OK);
+    assert_int_equal(loupe_session_pos(s), n);
     loupe_session_free(s);
     return lg;
+}
+
+/* (N_TOK, V) logits of one batched evaluation of toks. */
+static float *batch_logits(int threads, int kv_f16) {
+    return batch_logits_of(toks, N_TOK, threads, kv_f16);
 }
 
 static double max_abs_diff(const float *a, const float *b, size_t n) {
@@ -81,7 +87,8 @@ static void test_threads_bit_identical(void **state) {
     free(two);
 }
 
-/* The int8 model: matmuls split over threads in whole groups of 16 rows. */
+/* The int8 model: matmuls split over threads in whole groups of 16 rows,
+ * or in whole tiles of 16 tokens. */
 static void test_int8_threads_bit_identical(void **state) {
     (void)state;
     const char *q8 = tu_tmp("session-stories-q8_0.gguf");
@@ -96,6 +103,16 @@ static void test_int8_threads_bit_identical(void **state) {
     assert_memory_equal(one, three, sizeof(float) * n);
     double d = max_abs_diff(one, ref, n);
     assert_true(d > 0 && d < 1.0); /* int8 indeed, and close to f32 */
+    /* a batch long enough for its small matmuls to split tokens between
+     * threads (forward.c, lp_token_split; 100 = six 16-token tiles and 4) */
+    int32_t ids[100];
+    for (int i = 0; i < 100; i++) ids[i] = (i * 53 + 7) % info.n_vocab;
+    for (int threads = 2; threads <= 3; threads++) {
+        float *a = batch_logits_of(ids, 100, 1, 0), *b = batch_logits_of(ids, 100, threads, 0);
+        assert_memory_equal(a, b, sizeof(float) * 100 * info.n_vocab);
+        free(a);
+        free(b);
+    }
     loupe_model_close(model);
     model = f32;
     free(ref);
