@@ -49,9 +49,9 @@ static int lp_mat_units(const lp_mat *W) {
 }
 
 /* An input X (T, n) of LP_Q8P products quantized into the session's
- * buffers: by its own job before the matmul (lp_quant_task, 16 rows a
- * task), or by the step that produced X, while the rows are in cache. Full
- * 16-row tiles are also laid out in the table's tile format (pack_q8a). */
+ * buffers: by its own job before the matmul (lp_quant_task), or by the
+ * step that produced X, while the rows are in cache. Full 16-row tiles are
+ * also laid out in the table's tile format (pack_q8a). */
 typedef struct lp_quant_job {
     const lp_kernels *k;
     const float *X;  /* (T, n) */
