@@ -372,6 +372,16 @@ REDUCE16(reduce16_max, _mm512_max_ps)
 REDUCE16(reduce16_add, _mm512_add_ps)
 #undef REDUCE16
 
+/* One block: qs = round(x * id) (32); returns its values as floats, two
+ * to a lane (integers below 2^13: their sums are exact). */
+LP_INLINE __m512 q8a_block(const float *x, __m512 id, int8_t *qs) {
+    const __m512 r0 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x), id));
+    const __m512 r1 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x + 16), id));
+    _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r0)));
+    _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r1)));
+    return _mm512_add_ps(r0, r1);
+}
+
 /* 16 blocks (512 values) with no NaN or inf: the per-block reductions and
  * divisions done 16 blocks at a time. Same arithmetic as quantize_q8a's
  * block loop, so the same bits. */
@@ -386,14 +396,8 @@ LP_INLINE void quantize_q8a_x16(const float *x, int8_t *qs, float *d, int32_t *c
     _Alignas(64) float id[16];
     _mm512_store_ps(id, _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dv));
     _mm512_storeu_ps(d, dv);
-    for (int b = 0; b < 16; b++) {
-        const __m512 ib = _mm512_set1_ps(id[b]);
-        const __m512 r0 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x + b * LP_QK8), ib));
-        const __m512 r1 = round_away(_mm512_mul_ps(_mm512_loadu_ps(x + b * LP_QK8 + 16), ib));
-        _mm_storeu_si128((__m128i *)(qs + b * LP_QK8), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r0)));
-        _mm_storeu_si128((__m128i *)(qs + b * LP_QK8 + 16), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(r1)));
-        sum[SIXTEEN_ORDER(b)] = _mm512_add_ps(r0, r1); /* integers below 2^13: exact */
-    }
+    for (int b = 0; b < 16; b++)
+        sum[SIXTEEN_ORDER(b)] = q8a_block(x + b * LP_QK8, _mm512_set1_ps(id[b]), qs + b * LP_QK8);
     _mm512_storeu_si512(corr, _mm512_mullo_epi32(_mm512_cvtps_epi32(reduce16_add(sum)),
                                                   _mm512_set1_epi32(-128)));
 }
@@ -424,11 +428,8 @@ static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *c
         }
         d[b] = amax / 127.0f;
         const __m512 id = _mm512_set1_ps(d[b] != 0.0f ? 1.0f / d[b] : 0.0f);
-        const __m512i q0 = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(v0, id)));
-        const __m512i q1 = _mm512_cvttps_epi32(round_away(_mm512_mul_ps(v1, id)));
-        _mm_storeu_si128((__m128i *)(qs + (size_t)b * LP_QK8), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128((__m128i *)(qs + (size_t)b * LP_QK8 + 16), _mm512_cvtsepi32_epi8(q1));
-        corr[b] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        const __m512 sum = q8a_block(x + (size_t)b * LP_QK8, id, qs + (size_t)b * LP_QK8);
+        corr[b] = -128 * (int32_t)_mm512_reduce_add_ps(sum);
     }
 }
 

@@ -44,6 +44,10 @@ typedef struct {
                           (lp_token_split), not a range of weight rows */
 } lp_matmul_job;
 
+/* Tokens per tile of the int8 activation layout (pack_q8a lays out 16
+ * rows at a time): the unit in which int8 work splits tokens. */
+#define LP_TOKEN_TILE 16
+
 static int lp_mat_units(const lp_mat *W) {
     return W->type == LP_Q8P ? LP_Q8P_GROUPS(W->rows) : W->rows;
 }
@@ -73,7 +77,7 @@ static void lp_quant_rows(const lp_quant_job *j, int t0, int t1, int c0, int c1)
     }
     if (!j->tiles) return;
     const lp_q8_act act = {j->qs, j->d, j->corr, NULL};
-    for (int i = (t0 + 15) / 16; (i + 1) * 16 <= t1; i++)
+    for (int i = (t0 + LP_TOKEN_TILE - 1) / LP_TOKEN_TILE; (i + 1) * LP_TOKEN_TILE <= t1; i++)
         j->k->pack_q8a(&act, j->n, i, b0, b1, j->tiles);
 }
 
@@ -87,6 +91,10 @@ static void lp_matmul_epilogue(const lp_kernels *k, const lp_matmul_out *out, in
         else if (out->act == LP_EPI_GELU_ERF) k->gelu_erf(y, c1 - c0);
         if (out->resid) k->add(out->resid + (size_t)t * out->ldy + c0, y, c1 - c0);
     }
+}
+
+static int lp_has_epilogue(const lp_matmul_out *out) {
+    return out->bias || out->act != LP_EPI_NONE || out->resid || out->quant;
 }
 
 /* Y (T, ldy) columns of units [a, b) of W (rows, or groups of 16 rows). */
@@ -116,8 +124,8 @@ static void lp_matmul_q8_epilogue(const lp_matmul_job *j, const lp_matmul_out *o
     for (int c = a; c < b; c += 8) {
         const int e = c + 8 < b ? c + 8 : b;
         const int r0 = c * LP_Q8P_ROWS, r1 = e * LP_Q8P_ROWS < W->rows ? e * LP_Q8P_ROWS : W->rows;
-        for (int t0 = ta; t0 < tb; t0 += 16) {
-            const int tn = tb - t0 < 16 ? tb - t0 : 16;
+        for (int t0 = ta; t0 < tb; t0 += LP_TOKEN_TILE) {
+            const int tn = tb - t0 < LP_TOKEN_TILE ? tb - t0 : LP_TOKEN_TILE;
             const lp_q8_act act = {j->act.qs + (size_t)t0 * n, j->act.d + (size_t)t0 * nb,
                                    j->act.corr + (size_t)t0 * nb,
                                    j->act.tiles ? j->act.tiles + j->k->q8a_tiles_bytes(t0, n) : NULL};
@@ -147,7 +155,7 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
     const int q8 = out->W->type == LP_Q8P;
     int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
     if (b > lp_mat_units(out->W)) b = lp_mat_units(out->W);
-    if (!out->bias && out->act == LP_EPI_NONE && !out->resid && !out->quant) {
+    if (!lp_has_epilogue(out)) {
         lp_matmul_units(j, out, a, b);
     } else if (q8) {
         lp_matmul_q8_epilogue(j, out, a, b, 0, j->T);
@@ -167,7 +175,8 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
  * same rows give each thread the same rows (the pool runs task t on thread
  * t), and what one step writes the next reads from the same core's cache. */
 static int lp_rows_per_task(int T, int n_threads) {
-    return (T + 16 * n_threads - 1) / (16 * n_threads) * 16;
+    const int tile = LP_TOKEN_TILE;
+    return (T + tile * n_threads - 1) / (tile * n_threads) * tile;
 }
 
 static void lp_quant_task(void *ctx, int i, int thread) {
@@ -218,7 +227,7 @@ static lp_quant_job lp_quant_setup(loupe_session *s, int b, const float *X, int 
     const lp_kernels *k = lp_kern();
     lp_q8_buf *q8 = &s->xq[b];
     lp_quant_job q = {k, X, T, n, q8->qs, q8->d, q8->corr, NULL, T};
-    if (k->pack_q8a && T >= 16) q.tiles = lp_reserve_tiles(q8, k, T, n);
+    if (k->pack_q8a && T >= LP_TOKEN_TILE) q.tiles = lp_reserve_tiles(q8, k, T, n);
     return q;
 }
 
@@ -322,6 +331,16 @@ void lp_matmul(loupe_session *s, float *Y, int ldy, const float *X, int T, const
  * trip costs microseconds). */
 #define LP_MIN_PARALLEL_ELEMS (1u << 16)
 
+/* T rows of a job touching elems values, as tasks of *per_task rows
+ * (lp_rows_per_task) of fn over the pool, or one task on the calling
+ * thread when the job is small. */
+static void lp_run_rows(loupe_session *s, int T, size_t elems, lp_task_fn fn, void *ctx,
+                        int *per_task) {
+    const int n_threads = elems < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
+    *per_task = n_threads == 1 ? T : lp_rows_per_task(T, n_threads);
+    lp_run_tasks(s, n_threads, (T + *per_task - 1) / *per_task, fn, ctx);
+}
+
 typedef enum {
     LP_STEP_NORM,      /* y = norm(x) * w (+ b): layernorm (GPT-2) or rmsnorm */
     LP_STEP_ADD,       /* y += x */
@@ -342,8 +361,9 @@ typedef struct {
 } lp_step_job;
 
 static void lp_step_rows(const lp_step_job *j, int t0, int t1) {
-    if (j->quant && t1 - t0 > 16) { /* 16 rows at a time, quantized while in L1 */
-        for (int t = t0; t < t1; t += 16) lp_step_rows(j, t, t + 16 < t1 ? t + 16 : t1);
+    const int tile = LP_TOKEN_TILE;
+    if (j->quant && t1 - t0 > tile) { /* a tile of rows at a time, quantized while in L1 */
+        for (int t = t0; t < t1; t += tile) lp_step_rows(j, t, t + tile < t1 ? t + tile : t1);
         return;
     }
     const lp_kernels *k = j->k;
@@ -373,13 +393,7 @@ static void lp_step_task(void *ctx, int i, int thread) {
 static void lp_step(loupe_session *s, lp_step_job j) {
     j.m = s->m;
     j.k = lp_kern();
-    const int n_threads = (size_t)j.T * j.n < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
-    if (n_threads == 1) {
-        lp_step_rows(&j, 0, j.T);
-        return;
-    }
-    j.per_task = lp_rows_per_task(j.T, n_threads);
-    lp_pool_run(s->pool, (j.T + j.per_task - 1) / j.per_task, lp_step_task, &j);
+    lp_run_rows(s, j.T, (size_t)j.T * j.n, lp_step_task, &j, &j.per_task);
 }
 
 /* quant: out into it for the next int8 matmul, or NULL */
@@ -501,9 +515,7 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     lp_norm_rows(s, s->xn, s->x, T, L->attn_norm_w, L->attn_norm_b, q);
     lp_matmul_q(s, s->xn, T, 3, qkv, q);
     lp_kv_job kj = {s, T, pos0, k_layer, v_layer, 0};
-    const int kv_threads = (size_t)T * (q_dim + 2 * kv_dim) < LP_MIN_PARALLEL_ELEMS ? 1 : lp_pool_size(s->pool);
-    kj.per_task = (T + 4 * kv_threads - 1) / (4 * kv_threads);
-    lp_run_tasks(s, kv_threads, (T + kj.per_task - 1) / kj.per_task, lp_kv_task, &kj);
+    lp_run_rows(s, T, (size_t)T * (q_dim + 2 * kv_dim), lp_kv_task, &kj, &kj.per_task);
 
     lp_attn_job j;
     memset(&j, 0, sizeof j);
