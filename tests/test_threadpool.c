@@ -56,7 +56,7 @@ static void once_task(void *ctx, int i, int thread) {
 static void test_every_task_once(void **state) {
     (void)state;
     static const int threads[] = {1, 2, 3};
-    static const int tasks[] = {1, 2, 7, 64, MAX_TASKS};
+    static const int tasks[] = {1, 2, 3, 7, 64, MAX_TASKS}; /* 2, 3: one per thread */
     for (size_t a = 0; a < sizeof threads / sizeof *threads; a++) {
         lp_pool *p = lp_pool_new(threads[a]);
         assert_non_null(p);
