@@ -312,7 +312,7 @@ void lp_avx2_quantize_q8(const float *x, lp_block_q8 *y, int n) {
             amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
         }
         const float d = hmax8(amax) / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = lp_q8_inverse(d);
         y[k].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
         __m256i q[4];
         for (int j = 0; j < 4; j++)
@@ -343,7 +343,7 @@ static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *c
             continue;
         }
         d[k] = hmax8(amax) / 127.0f;
-        const __m256 id = _mm256_set1_ps(d[k] != 0.0f ? 1.0f / d[k] : 0.0f);
+        const __m256 id = _mm256_set1_ps(lp_q8_inverse(d[k]));
         __m256i q[4];
         for (int j = 0; j < 4; j++) q[j] = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[j], id)));
         const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));

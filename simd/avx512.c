@@ -392,7 +392,7 @@ LP_INLINE void quantize_q8a_x16(const float *x, int8_t *qs, float *d, int32_t *c
         m[k] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16)));
     }
     const __m512 dv = _mm512_div_ps(reduce16_max(m), _mm512_set1_ps(127.0f));
-    const __mmask16 nz = _mm512_cmp_ps_mask(dv, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __mmask16 nz = _mm512_cmp_ps_mask(dv, _mm512_set1_ps(0x1p-126f), _CMP_GE_OQ); /* lp_q8_inverse */
     _Alignas(64) float id[16];
     _mm512_store_ps(id, _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dv));
     _mm512_storeu_ps(d, dv);
@@ -427,7 +427,7 @@ static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *c
             continue;
         }
         d[b] = amax / 127.0f;
-        const __m512 id = _mm512_set1_ps(d[b] != 0.0f ? 1.0f / d[b] : 0.0f);
+        const __m512 id = _mm512_set1_ps(lp_q8_inverse(d[b]));
         const __m512 sum = q8a_block(x + (size_t)b * LP_QK8, id, qs + (size_t)b * LP_QK8);
         corr[b] = -128 * (int32_t)_mm512_reduce_add_ps(sum);
     }

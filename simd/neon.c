@@ -337,7 +337,7 @@ static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *c
             continue;
         }
         d[k] = vmaxvq_f32(amax) / 127.0f;
-        const float id = d[k] != 0.0f ? 1.0f / d[k] : 0.0f;
+        const float id = lp_q8_inverse(d[k]);
         int32x4_t sum = vdupq_n_s32(0);
         for (int j = 0; j < 8; j += 2) {
             const int32x4_t q0 = vcvtaq_s32_f32(vmulq_n_f32(v[j], id));
@@ -361,7 +361,7 @@ static void quantize_q8(const float *x, lp_block_q8 *y, int n) {
             amax = vmaxq_f32(amax, vabsq_f32(v[j]));
         }
         const float d = vmaxvq_f32(amax) / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = lp_q8_inverse(d);
         y[k].d = lp_f32_to_f16(d);
         for (int j = 0; j < 8; j += 2) {
             const int32x4_t q0 = vcvtaq_s32_f32(vmulq_n_f32(v[j], id));

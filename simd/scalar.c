@@ -71,7 +71,7 @@ static void quantize_q8(const float *x, lp_block_q8 *y, int n) {
         float amax = 0.0f;
         for (int j = 0; j < LP_QK8; j++) amax = fmaxf(amax, fabsf(xb[j]));
         const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float id = lp_q8_inverse(d);
         y[b].d = lp_f32_to_f16(d);
         for (int j = 0; j < LP_QK8; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
     }
@@ -133,7 +133,7 @@ static void quantize_q8a(const float *x, int n, int8_t *qs, float *d, int32_t *c
             continue;
         }
         d[b] = amax / 127.0f;
-        const float id = d[b] != 0.0f ? 1.0f / d[b] : 0.0f;
+        const float id = lp_q8_inverse(d[b]);
         int32_t sum = 0;
         for (int j = 0; j < LP_QK8; j++) {
             qs[b * LP_QK8 + j] = (int8_t)roundf(xb[j] * id);

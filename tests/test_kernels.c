@@ -261,6 +261,12 @@ static void q8_as_floats(const lp_block_q8 *b, int nb, float *out) {
     }
 }
 
+/* Scales a block of 32 values (random in [-5, 5]) by s: tiny blocks whose
+ * d = max|x| / 127 is subnormal. */
+static void scale_block(float *x, float s) {
+    for (int j = 0; j < LP_QK8; j++) x[j] *= s;
+}
+
 static void case_quantize_q8(const lp_kernels *k, check_ctx *c, rng *g) {
     for (int a = 0; a < COUNT(Q8_N); a++) {
         const int n = Q8_N[a], nb = n / LP_QK8;
@@ -269,6 +275,7 @@ static void case_quantize_q8(const lp_kernels *k, check_ctx *c, rng *g) {
         if (nb > 1) x[LP_QK8 + 3] = -1e4f;          /* negative extreme sets d */
         if (nb > 2)                                  /* exact halves: 0.5*d steps */
             for (int j = 0; j < LP_QK8; j++) x[2 * LP_QK8 + j] = (float)(j - 16) * 0.5f;
+        if (nb > 3) scale_block(x + 3 * LP_QK8, 1e-38f); /* 1/d overflows: q = 0 */
         lp_block_q8 *want = malloc((size_t)nb * sizeof *want), *got = malloc((size_t)nb * sizeof *got);
         lp_kernels_scalar.quantize_q8(x, want, n);
         k->quantize_q8(x, got, n);
@@ -436,6 +443,8 @@ static void case_quantize_q8a(const lp_kernels *k, check_ctx *c, rng *g) {
             x[2 * LP_QK8 + 29] = -nextafterf(2.5f, 0.0f);
         }
         if (nb > 3) x[3 * LP_QK8 + 7] = -0.0f;
+        if (nb > 9) scale_block(x + 9 * LP_QK8, 1e-38f); /* 1/d overflows: q = 0 */
+        if (nb > 4) scale_block(x + (nb - 1) * LP_QK8, 3e-45f); /* subnormal values */
         float *want = q8a_as_floats(&lp_kernels_scalar, x, n), *got = q8a_as_floats(k, x, n);
         double *s = dvec(n + 2 * nb);
         snprintf(c->shape, sizeof c->shape, "n=%d", n);
@@ -1042,6 +1051,48 @@ static void test_q8p_pack(void **state) {
  * is rounded twice (d_x * d_w, then times the dot) and the fp32 sum of nb
  * terms adds at most nb roundings, so |Y - exact| <= (nb + 2) * 2^-24 *
  * sum |x_i w_i| (first order). */
+/* A block whose d = max|x| / 127 is below the smallest normal float would
+ * give 1/d = inf and x / d = inf or NaN, which must not reach a
+ * float-to-int conversion (UB; the ISAs disagree on its result): every
+ * table quantizes it to q = 0 and corr = 0. A block just above that limit
+ * quantizes normally, |x - d q| <= d / 2. */
+static void test_q8a_tiny(void **state) {
+    (void)state;
+    const int n = 2 * 16 * LP_QK8; /* the avx512 16-block path and its tail */
+    for (const char *const *name = lp_kern_names(); *name; name++) {
+        const lp_kernels *k = lp_kern_get(*name);
+        if (!k) continue;
+        rng g = {78};
+        float *x = rand_vec(&g, n, -1, 1);
+        for (int b = 0; b < n / LP_QK8; b++) {
+            float *xb = x + b * LP_QK8;
+            const float amax = b % 3 == 0 ? 1e-37f : b % 3 == 1 ? 0x1p-149f * 7 : 0x1.01p-126f * 127;
+            for (int j = 0; j < LP_QK8; j++) xb[j] = fminf(fmaxf(xb[j] * amax, -amax), amax);
+            xb[b % LP_QK8] = b % 2 ? -amax : amax;
+        }
+        float *out = q8a_as_floats(k, x, n);
+        for (int b = 0; b < n / LP_QK8; b++) {
+            const float d = out[n + b], corr = out[n + n / LP_QK8 + b];
+            if (b % 3 != 2) {
+                assert_true(d < 0x1p-126f);
+                assert_true(corr == 0.0f);
+                for (int j = 0; j < LP_QK8; j++) assert_true(out[b * LP_QK8 + j] == 0.0f);
+            } else {
+                assert_true(d >= 0x1p-126f);
+                double sum = 0;
+                for (int j = 0; j < LP_QK8; j++) {
+                    const float q = out[b * LP_QK8 + j];
+                    assert_true(fabs((double)x[b * LP_QK8 + j] - (double)d * q) <= d / 2 * (1 + 1e-6));
+                    sum += q;
+                }
+                assert_true(corr == (float)(-128 * sum));
+                assert_true(fabsf(out[b * LP_QK8 + b % LP_QK8]) == 127.0f);
+            }
+        }
+        free(x), free(out);
+    }
+}
+
 /* A block with NaN or inf must not reach a float-to-int conversion (UB):
  * every ISA quantizes it to q = 0, corr = 0, d = NaN, and the products of
  * that token come out NaN, as f32 arithmetic would give; other blocks and
@@ -1282,6 +1333,7 @@ int main(void) {
         cmocka_unit_test(test_q8p_pack),
         cmocka_unit_test(test_q8p_vs_double),
         cmocka_unit_test(test_q8a_nonfinite),
+        cmocka_unit_test(test_q8a_tiny),
         cmocka_unit_test(test_kernels_vs_scalar),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
