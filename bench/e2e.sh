@@ -379,11 +379,13 @@ step_membw() {
 # ------------------------------------------------------------ roofline
 
 # Decode against the bandwidth of the same minutes: ROUNDS rounds of membw
-# then one decode repetition (tg TG) of loupe, and of llama.cpp on GGUF
-# files when LLAMA_BENCH is set, at each thread count. This host's DRAM
-# bandwidth drifts by up to 2x within minutes, so a roofline measured
-# apart from the decode it bounds says little; the report takes each
-# round's ratio.
+# (an anonymous buffer, then the model file's own mapping) then one decode
+# repetition (tg TG) of loupe, and of llama.cpp on GGUF files when
+# LLAMA_BENCH is set, at each thread count. This host's DRAM bandwidth
+# drifts by up to 2x within minutes, so a roofline measured apart from the
+# decode it bounds says little; the report takes each round's ratio. The
+# file's pages can read slower than the anonymous buffer (a guest's page
+# placement), hence the second reading.
 step_roofline() {
     local preset name fmt f t r
     build_membw
@@ -398,6 +400,7 @@ step_roofline() {
                 log "roofline: $(basename "$f") t=$t, $ROUNDS rounds"
                 for r in $(seq "$ROUNDS"); do
                     "$MODELS_DIR/bin/membw" "$t" 1024 3 | "$PY" -c 'import json,sys; print(json.dumps({"engine": "membw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
+                    "$MODELS_DIR/bin/membw" "$t" 0 3 "$f" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "filebw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
                     "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t "$t" -r 1 --json \
                         2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "loupe", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
                     if [ -n "$LLAMA_BENCH" ] && [[ "$fmt" == gguf-* ]]; then

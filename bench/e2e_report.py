@@ -160,8 +160,10 @@ def ab_table(dirs, names, fmts, th, pp, tg, depth):
 
 def roofline_table(dirs, names, fmts, th, tg):
     """Rows of the roofline step: roof-NAME-FMT-tT.jsonl, per round one
-    membw record and one decode record per engine. A round's ratio is the
-    weight bytes its decode read per second over that round's bandwidth."""
+    membw record (an anonymous buffer), one filebw record (the model file's
+    mapping; runs before it had none) and one decode record per engine. A
+    round's ratio is the weight bytes its decode read per second over that
+    round's bandwidth."""
     rows = []
     for n in names:
         for f in fmts:
@@ -172,25 +174,27 @@ def roofline_table(dirs, names, fmts, th, tg):
                     continue
                 by = {}
                 for r in (json.loads(x) for x in open(path) if x.strip()):
-                    v = r["best_gb_s"] if r["engine"] == "membw" else median_ts(r)
+                    v = r["best_gb_s"] if r["engine"] in ("membw", "filebw") else median_ts(r)
                     by.setdefault(r["round"], {})[r["engine"]] = v
                 b = info["bytes_per_token"]
+
+                def spread(xs, digits):
+                    return "%s (%s-%s)" % (fmt(statistics.median(xs), digits),
+                                           fmt(min(xs), digits), fmt(max(xs), digits))
                 cells = []
                 for eng in ("loupe", "llama.cpp"):
-                    gbs = [(v[eng] * b / 1e9, v["membw"]) for v in by.values()
-                           if eng in v and "membw" in v]
-                    if not gbs:
-                        cells += ["—", "—"]
-                        continue
-                    ratios = [x / y for x, y in gbs]
-                    cells += [fmt(statistics.median(x for x, _ in gbs), 1),
-                              "%s (%s-%s)" % (fmt(statistics.median(ratios), 2),
-                                              fmt(min(ratios), 2), fmt(max(ratios), 2))]
+                    for bw in ("membw", "filebw"):
+                        gbs = [(v[eng] * b / 1e9, v[bw]) for v in by.values()
+                               if eng in v and bw in v]
+                        if bw == "membw":
+                            cells.append(fmt(statistics.median(x for x, _ in gbs), 1)
+                                         if gbs else "—")
+                        cells.append(spread([x / y for x, y in gbs], 2) if gbs else "—")
                 bws = [v["membw"] for v in by.values() if "membw" in v]
+                fbws = [v["filebw"] for v in by.values() if "filebw" in v]
                 rows.append([PRETTY[n], os.path.basename(file_of("", n, f)), str(t),
-                             str(len(bws)), fmt(b / 1e6, 0),
-                             "%s (%s-%s)" % (fmt(statistics.median(bws), 1), fmt(min(bws), 1),
-                                             fmt(max(bws), 1))] + cells)
+                             str(len(bws)), fmt(b / 1e6, 0), spread(bws, 1),
+                             spread(fbws, 1) if fbws else "—"] + cells)
     return rows
 
 
@@ -267,11 +271,14 @@ def main():
     roof_rows = roofline_table(a.out, names, fmts, th, tg)
     if roof_rows:
         print("\n## Decode against the bandwidth of the same round (tg%d)\n" % tg)
-        print("(`e2e.sh roofline`: each round runs membw, then one decode repetition of each "
-              "engine; GB/s = weight bytes per token × tok/s; ratio = that ÷ the round's membw, "
-              "median (min-max) over rounds)\n")
+        print("(`e2e.sh roofline`: each round runs membw on an anonymous buffer and on the "
+              "model file's mapping, then one decode repetition of each engine; GB/s = weight "
+              "bytes per token × tok/s; ratios = that ÷ the round's membw and ÷ its file read, "
+              "median (min-max) over rounds. loupe reads GGUF Q8_0 weights from its packed "
+              "copy in anonymous memory, not from the file's pages)\n")
         print(table(["model", "file", "threads", "rounds", "MB/token", "membw GB/s",
-                     "loupe GB/s", "loupe ÷ membw", "llama.cpp GB/s", "llama.cpp ÷ membw"],
+                     "file read GB/s", "loupe GB/s", "loupe ÷ membw", "loupe ÷ file read",
+                     "llama.cpp GB/s", "llama.cpp ÷ membw", "llama.cpp ÷ file read"],
                     roof_rows))
 
     print("\n## Decode roofline (weight bytes per token ÷ bandwidth: %s)\n" %
