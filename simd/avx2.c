@@ -194,6 +194,7 @@ static void gemm_q8(int T, int n_in, const lp_block_q8 *Xq, const lp_block_q8 *W
  * ones sums each row's pairs into one int32 lane. The +128 is undone by the
  * flip, so corr is not needed. Tiles: TT tokens x NS slices of 8 rows. */
 #define Q8P_MR 4 /* tokens per prefill tile (one half): 4 x (int32 + f32) + 7 ymm */
+#define Q8P_DECODE_PF 1024 /* bytes ahead a decode stream prefetches */
 
 /* Sums of 4 products w * x per row, one int32 lane per row. */
 LP_INLINE __m256i dot4_rows(__m256i w_abs, __m256i w, __m256i xb) {
@@ -238,6 +239,9 @@ LP_INLINE void q8p_tile(const int TT, const int NS, int n_in, const lp_q8_act *X
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     for (int b = 0; b < nb; b++) {
         __m256i ai[Q8P_MR][4];
+        if (TT == 1) /* decode: each group's lines two blocks ahead (avx512.c's gemv_q8p) */
+            for_slice(h) if ((u0 + h) % 2 == 0) for (int j = 0; j < 8; j++) _mm_prefetch(
+                (const char *)qs[h] + (size_t)b * 512 + Q8P_DECODE_PF + 64 * j, _MM_HINT_T0);
         for_tokens(a) for_slice(h) ai[a][h] = _mm256_setzero_si256();
         /* not unrolled: GCC would re-associate the 8 sums per accumulator
          * into trees of products that are all live at once (spills) */
