@@ -385,7 +385,7 @@ step_membw() {
 # drifts by up to 2x within minutes, so a roofline measured apart from the
 # decode it bounds says little; the report takes each round's ratio. The
 # file's pages can read slower than the anonymous buffer (a guest's page
-# placement), hence the second reading.
+# placement), hence the second reading (files of 1 GiB or more only).
 step_roofline() {
     local preset name fmt f t r
     build_membw
@@ -400,7 +400,9 @@ step_roofline() {
                 log "roofline: $(basename "$f") t=$t, $ROUNDS rounds"
                 for r in $(seq "$ROUNDS"); do
                     "$MODELS_DIR/bin/membw" "$t" 1024 3 | "$PY" -c 'import json,sys; print(json.dumps({"engine": "membw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
-                    "$MODELS_DIR/bin/membw" "$t" 0 3 "$f" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "filebw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
+                    # a file smaller than membw's 1 GiB stays partly in the last-level cache
+                    [ "$(stat -c %s "$f")" -ge 1073741824 ] &&
+                        "$MODELS_DIR/bin/membw" "$t" 0 3 "$f" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "filebw", "round": int(sys.argv[1]), **json.load(sys.stdin)}))' "$r"
                     "$BUILD/loupe" bench -m "$f" -p 0 -n "$TG" -t "$t" -r 1 --json \
                         2>> "$OUT/bench.log" | "$PY" -c 'import json,sys; print(json.dumps({"engine": "loupe", "round": int(sys.argv[1]), **json.load(sys.stdin)[-1]}))' "$r"
                     if [ -n "$LLAMA_BENCH" ] && [[ "$fmt" == gguf-* ]]; then
