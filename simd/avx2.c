@@ -79,7 +79,10 @@ LP_INLINE void gemm_step(const int TT, const int RT, const int F16, const float 
 }
 
 /* Y[t0+a, r0+b] for a < TT tokens, b < RT rows: 3 x 4 accumulators plus
- * 4 weight vectors fill the 16 ymm registers. */
+ * 4 weight vectors fill the 16 ymm registers. In f16 decode each row also
+ * prefetches the same offset RT rows on, which is what the next tile
+ * reads: the hardware prefetcher stops at every 4 KB page. Xeon under KVM,
+ * LOUPE_ISA=avx2: TinyLlama f16 decode +9-13%, GPT-2 +39-44%. */
 LP_INLINE void gemm_tile(const int TT, const int RT, const int F16, int n_in, const float *X,
                          const void *W, float *Y, int ldy, int t0, int r0) {
     __m256 acc[3][4];
@@ -91,6 +94,14 @@ LP_INLINE void gemm_tile(const int TT, const int RT, const int F16, int n_in, co
     for_tokens(a)
         for_rows(b) acc[a][b] = _mm256_setzero_ps();
     int i = 0;
+    if (TT == 1 && F16) { /* decode: one line per row and step for the next tile */
+        const size_t next = (size_t)RT * n_in * esize;
+        for (; i + 32 <= n_in; i += 32) {
+            for_rows(b) _mm_prefetch((const char *)w[b] + (size_t)i * esize + next, _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int k = 0; k < 32; k += 8) gemm_step(TT, RT, F16, x, w, i + k, 8, acc);
+        }
+    }
     for (; i + 8 <= n_in; i += 8) gemm_step(TT, RT, F16, x, w, i, 8, acc);
     if (i < n_in) gemm_step(TT, RT, F16, x, w, i, n_in - i, acc);
     for_tokens(a)
