@@ -405,7 +405,7 @@ LP_INLINE void quantize_q8a_x16(const float *x, int8_t *qs, float *d, int32_t *c
         m[k] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16)));
     }
     const __m512 dv = _mm512_div_ps(reduce16_max(m), _mm512_set1_ps(127.0f));
-    const __mmask16 nz = _mm512_cmp_ps_mask(dv, _mm512_set1_ps(0x1p-126f), _CMP_GE_OQ); /* lp_q8_inverse */
+    const __mmask16 nz = _mm512_cmp_ps_mask(dv, _mm512_set1_ps(LP_Q8_MIN_SCALE), _CMP_GE_OQ);
     _Alignas(64) float id[16];
     _mm512_store_ps(id, _mm512_maskz_div_ps(nz, _mm512_set1_ps(1.0f), dv));
     _mm512_storeu_ps(d, dv);

@@ -26,16 +26,14 @@ typedef enum {
     LP_Q8P = 4   /* int8 packed for the kernels (quant/blocks.h); in memory only */
 } lp_dtype;
 
-/* T activation rows quantized for gemm_q8p by quantize_q8a: per block of
- * 32, d = max|x| / 127 (f32, not rounded to fp16), q = round(x / d), and
- * corr = -128 * sum(q) (undoes the +128 of packed weights). */
 /* 1/d for a block scale d = max|x| / 127, or 0 when d is below the
  * smallest normal float (max|x| < 1.5e-36): from d < 2^-128 on, 1/d
  * overflows to inf and x * (1/d) to inf or NaN, whose conversion to int is
  * undefined, so such a block quantizes to q = 0 on every ISA (its values
  * are far below anything a product can resolve). */
+#define LP_Q8_MIN_SCALE 0x1p-126f
 static inline float lp_q8_inverse(float d) {
-    return d >= 0x1p-126f ? 1.0f / d : 0.0f;
+    return d >= LP_Q8_MIN_SCALE ? 1.0f / d : 0.0f;
 }
 
 /* A block holding NaN or inf quantizes to q = 0, corr = 0, d = NaN: every
@@ -46,6 +44,9 @@ static inline void lp_q8a_nonfinite(int8_t *qs, float *d, int32_t *corr) {
     *corr = 0;
 }
 
+/* T activation rows quantized for gemm_q8p by quantize_q8a: per block of
+ * 32, d = max|x| / 127 (f32, not rounded to fp16), q = round(x / d), and
+ * corr = -128 * sum(q) (undoes the +128 of packed weights). */
 typedef struct {
     const int8_t *qs;     /* (T, n_in) */
     const float *d;       /* (T, n_in/32) */
