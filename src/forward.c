@@ -42,6 +42,8 @@ typedef struct {
     int first_task[LP_MATMUL_MAX + 1]; /* product p owns tasks [first[p], first[p+1]) */
     int token_rows;    /* > 0: task i is rows [i*token_rows, ..) of every product
                           (lp_token_split), not a range of weight rows */
+    float *task_y;     /* (n_threads, task_y_ld) a decode job's rows, per thread */
+    size_t task_y_ld;
 } lp_matmul_job;
 
 /* Tokens per tile of the int8 activation layout (pack_q8a lays out 16
@@ -140,6 +142,16 @@ static void lp_matmul_q8_epilogue(const lp_matmul_job *j, const lp_matmul_out *o
     }
 }
 
+/* The product of task i (not a token split) and its units [*a, *b). */
+static const lp_matmul_out *lp_task_units(const lp_matmul_job *j, int i, int *a, int *b) {
+    int p = 0;
+    while (i >= j->first_task[p + 1]) p++;
+    const lp_matmul_out *out = &j->out[p];
+    *a = (i - j->first_task[p]) * j->per_task[p];
+    *b = *a + j->per_task[p] < lp_mat_units(out->W) ? *a + j->per_task[p] : lp_mat_units(out->W);
+    return out;
+}
+
 static void lp_matmul_task(void *ctx, int i, int thread) {
     (void)thread;
     const lp_matmul_job *j = ctx;
@@ -149,15 +161,11 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
             lp_matmul_q8_epilogue(j, &j->out[p], 0, lp_mat_units(j->out[p].W), ta, tb);
         return;
     }
-    int p = 0;
-    while (i >= j->first_task[p + 1]) p++;
-    const lp_matmul_out *out = &j->out[p];
-    const int q8 = out->W->type == LP_Q8P;
-    int a = (i - j->first_task[p]) * j->per_task[p], b = a + j->per_task[p];
-    if (b > lp_mat_units(out->W)) b = lp_mat_units(out->W);
+    int a, b;
+    const lp_matmul_out *out = lp_task_units(j, i, &a, &b);
     if (!lp_has_epilogue(out)) {
         lp_matmul_units(j, out, a, b);
-    } else if (q8) {
+    } else if (out->W->type == LP_Q8P) {
         lp_matmul_q8_epilogue(j, out, a, b, 0, j->T);
     } else { /* float weights: columns in steps of whole 16-row kernel tiles */
         int step = (int)(LP_EPILOGUE_BYTES / sizeof(float) / (size_t)j->T);
@@ -169,6 +177,43 @@ static void lp_matmul_task(void *ctx, int i, int thread) {
         }
     }
 }
+
+/* A decode step's matmul (T = 1) runs as a redoable pool job (see
+ * threadpool.h): lp_matmul_compute puts a task's rows, bias and activation
+ * applied, in the thread's row of task_y; lp_matmul_commit copies them out
+ * and does the rest of the epilogue (residual add, quantization for the
+ * next matmul). The arithmetic is the same as lp_matmul_task's, so the
+ * results are too. */
+static void lp_unit_rows(const lp_mat *W, int a, int b, int *r0, int *r1) {
+    const int per = W->type == LP_Q8P ? LP_Q8P_ROWS : 1;
+    *r0 = a * per;
+    *r1 = b * per < W->rows ? b * per : W->rows;
+}
+
+static void lp_matmul_compute(void *ctx, int i, int thread) {
+    const lp_matmul_job *j = ctx;
+    int a, b, r0, r1;
+    lp_matmul_out o = *lp_task_units(j, i, &a, &b);
+    o.Y = j->task_y + (size_t)thread * j->task_y_ld;
+    o.resid = NULL;
+    o.quant = NULL;
+    lp_matmul_units(j, &o, a, b);
+    lp_unit_rows(o.W, a, b, &r0, &r1);
+    lp_matmul_epilogue(j->k, &o, 1, r0, r1);
+}
+
+static void lp_matmul_commit(void *ctx, int i, int thread) {
+    const lp_matmul_job *j = ctx;
+    int a, b, r0, r1;
+    const lp_matmul_out *out = lp_task_units(j, i, &a, &b);
+    lp_unit_rows(out->W, a, b, &r0, &r1);
+    const float *y = j->task_y + (size_t)thread * j->task_y_ld;
+    memcpy(out->Y + r0, y + r0, (size_t)(r1 - r0) * sizeof(float));
+    if (out->resid) j->k->add(out->resid + r0, y + r0, r1 - r0);
+    if (out->quant && out->W->type == LP_Q8P) lp_quant_rows(out->quant, 0, 1, r0, r1);
+}
+
+_Static_assert(sizeof(lp_matmul_job) <= LP_POOL_CTX_MAX, "a decode matmul job is redoable");
 
 /* Rows per task of a job over T rows: one task per thread, in whole tiles
  * of 16 rows (the int8 tile layout's), so that consecutive jobs over the
@@ -281,7 +326,7 @@ static void lp_matmul_q(loupe_session *s, const float *X, int T, int n, const lp
     for (int p = 0; p < n; p++) macs += (size_t)out[p].W->rows * W0->cols * T;
     /* a small product is not worth waking other threads for */
     int n_threads = macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
-    lp_matmul_job j = {k, X, NULL, {NULL, NULL, NULL, NULL}, T, n, {{0}}, {0}, {0}, 0};
+    lp_matmul_job j = {k, X, NULL, {NULL, NULL, NULL, NULL}, T, n, {{0}}, {0}, {0}, 0, NULL, 0};
     if (W0->type == LP_Q8P) { /* quantize each activation row once */
         lp_quant_job qj;
         if (!q) {
@@ -308,6 +353,12 @@ static void lp_matmul_q(loupe_session *s, const float *X, int T, int n, const lp
         j.per_task[p] = lp_matmul_per_task(out[p].W, n_threads);
         int units = lp_mat_units(out[p].W);
         j.first_task[p + 1] = j.first_task[p] + (units + j.per_task[p] - 1) / j.per_task[p];
+    }
+    if (T == 1 && n_threads > 1 && s->task_y) { /* decode: a late worker's tasks can be redone */
+        j.task_y = s->task_y;
+        j.task_y_ld = s->task_y_ld;
+        lp_pool_run_redo(s->pool, j.first_task[n], lp_matmul_compute, lp_matmul_commit, &j, sizeof j);
+        return;
     }
     lp_run_tasks(s, n_threads, j.first_task[n], lp_matmul_task, &j);
 }
@@ -436,6 +487,8 @@ typedef struct {
     lp_attn_args a;
     float *scratch; /* (n_threads, scratch_ld) */
     size_t scratch_ld;
+    float *task_y;  /* (n_threads, task_y_ld) a decode step's heads, per thread */
+    size_t task_y_ld;
 } lp_attn_job;
 
 static void lp_attn_task(void *ctx, int h, int thread) {
@@ -443,6 +496,23 @@ static void lp_attn_task(void *ctx, int h, int thread) {
     lp_attn_args a = j->a;
     a.scratch = j->scratch + (size_t)thread * j->scratch_ld;
     lp_kern()->attention(&a, h, h + 1);
+}
+
+/* A decode step's attention (T = 1, no pattern wanted) as a redoable pool
+ * job, like its matmuls: head h into the thread's row of task_y, then
+ * copied out. */
+static void lp_attn_compute(void *ctx, int h, int thread) {
+    const lp_attn_job *j = ctx;
+    lp_attn_args a = j->a;
+    a.scratch = j->scratch + (size_t)thread * j->scratch_ld;
+    a.out = j->task_y + (size_t)thread * j->task_y_ld;
+    lp_kern()->attention(&a, h, h + 1);
+}
+
+static void lp_attn_commit(void *ctx, int h, int thread) {
+    const lp_attn_job *j = ctx;
+    const size_t D = (size_t)j->a.head_dim;
+    memcpy(j->a.out + h * D, j->task_y + (size_t)thread * j->task_y_ld + h * D, D * sizeof(float));
 }
 
 /* Makes sure s->pattern holds (n_heads, T, n_keys) floats. */
@@ -542,8 +612,14 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
         j.a.probs_ld = n_keys;
     }
     size_t attn_macs = (size_t)hp->n_heads * T * n_keys * D * 2;
-    lp_run_tasks(s, attn_macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool), hp->n_heads,
-                 lp_attn_task, &j);
+    int attn_threads = attn_macs < LP_MIN_PARALLEL_MACS ? 1 : lp_pool_size(s->pool);
+    if (T == 1 && !want_pattern && attn_threads > 1 && s->task_y) {
+        j.task_y = s->task_y;
+        j.task_y_ld = s->task_y_ld;
+        lp_pool_run_redo(s->pool, hp->n_heads, lp_attn_compute, lp_attn_commit, &j, sizeof j);
+    } else {
+        lp_run_tasks(s, attn_threads, hp->n_heads, lp_attn_task, &j);
+    }
     if (want_pattern && lp_hooks_fire(s, LOUPE_HOOK_ATTN_PATTERN, l, pos0, T, n_keys,
                                       hp->n_heads, s->pattern))
         return 1;

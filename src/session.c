@@ -68,9 +68,15 @@ loupe_status loupe_session_new(const loupe_model *m, const loupe_session_params 
     s->attn_scratch_ld = lp_attn_scratch_floats(n_ctx, hp->head_dim);
     s->attn_scratch = aligned_alloc(64, (size_t)lp_pool_size(s->pool) * s->attn_scratch_ld * sizeof(float));
     s->logits = lp_calloc_floats((size_t)hp->n_vocab);
+    int task_y_ok = 1;
+    if (s->pool && lp_pool_size(s->pool) > 1) {
+        s->task_y_ld = ((size_t)lp_max((int)wide, hp->n_vocab) + 15) / 16 * 16;
+        s->task_y = aligned_alloc(64, (size_t)lp_pool_size(s->pool) * s->task_y_ld * sizeof(float));
+        task_y_ok = s->task_y != NULL;
+    }
     if (!s->pool || !s->k_cache || !s->v_cache || !s->kbuf || !s->vbuf || !s->history || !s->x || !s->xn ||
         !s->q || !s->att || !s->hb || !s->hb2 || !s->proj || !xq_ok ||
-        !s->attn_scratch || !s->logits) {
+        !s->attn_scratch || !s->logits || !task_y_ok) {
         loupe_session_free(s);
         return lp_fail(LOUPE_ERR_NOMEM,
                        "out of memory for a session with context %d (KV cache %.1f MiB)",
@@ -103,6 +109,7 @@ void loupe_session_free(loupe_session *s) {
     }
     free(s->attn_scratch);
     free(s->logits);
+    free(s->task_y);
     free(s->hooks);
     free(s->pattern);
     free(s);

@@ -69,6 +69,12 @@ VARIANTS = {
                 "n_layer": 3, "n_positions": 64, "n_ctx": 64, "n_inner": 136,
                 "tie_word_embeddings": False},
         about="GPT-2, exact gelu, untied lm_head, head_dim 12, n_inner 136, F16"),
+    "gpt2-wide": dict(
+        base=_GPT2_BASE, dtype="f16", shards=1, prefix=True,
+        config={"activation_function": "gelu_new", "n_embd": 512, "n_head": 8,
+                "n_layer": 1, "n_positions": 320, "n_ctx": 320,
+                "tie_word_embeddings": True},
+        about="GPT-2, one layer 512 wide: decode matmuls big enough for threads, F16"),
     "llama-gqa": dict(
         base=_LLAMA_BASE, dtype="bf16", shards=3,
         config={"hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 4,
