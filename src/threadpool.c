@@ -19,7 +19,9 @@
  * for about LP_SPIN_NS (a decode step launches many small jobs back to
  * back, and a futex wake-up costs more than the gap between them) and then
  * sleep on a condition variable, so a machine whose cores are busy
- * elsewhere — or an emulator — is not starved by spinning threads.
+ * elsewhere — or an emulator — is not starved by spinning threads. The
+ * mutex is taken only when a thread sleeps. A worker that finds itself on
+ * the caller's core moves off it (lp_keep_off_caller).
  *
  * Redoable jobs. A worker whose core another process takes is descheduled
  * for milliseconds, most likely in the middle of a task, and a decode step
