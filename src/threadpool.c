@@ -66,6 +66,8 @@
 #define LP_CLAIM_LOW ((1ull << LP_CLAIM_BITS) - 1)
 #define LP_MAX_TASKS ((int)LP_CLAIM_LOW) /* more run on the caller alone */
 
+typedef _Atomic(uint64_t) lp_atomic_u64;
+
 /* A redoable task's state word: generation << 2 | one of these. */
 enum { LP_OPEN = 1, LP_COMMITTING = 2, LP_DONE = 3 };
 
@@ -92,11 +94,11 @@ struct lp_pool {
     pthread_mutex_t mu;
     pthread_cond_t wake;   /* workers wait here for a new job */
     pthread_cond_t done;   /* the caller waits here for the last task */
-    atomic_ullong seq;     /* 2 * generation of the job out; odd while one is written */
-    atomic_ullong slot[LP_SLOT_WORDS];
-    atomic_ullong claim;   /* generation << LP_CLAIM_BITS | next task, or task bits */
-    atomic_ullong n_done;  /* tasks of the current job done */
-    atomic_ullong *state;  /* (max_redo) state words of a redoable job's tasks */
+    lp_atomic_u64 seq;     /* 2 * generation of the job out; odd while one is written */
+    lp_atomic_u64 slot[LP_SLOT_WORDS];
+    lp_atomic_u64 claim;   /* generation << LP_CLAIM_BITS | next task, or task bits */
+    lp_atomic_u64 n_done;  /* tasks of the current job done */
+    lp_atomic_u64 *state;  /* (max_redo) state words of a redoable job's tasks */
     int max_redo;
     atomic_int stop;
     atomic_int sleepers;   /* workers waiting on wake */
@@ -136,7 +138,7 @@ static void lp_sleep_ns(int64_t ns) {
 }
 
 /* Spins until *word != seen or about ns pass; returns the last value. */
-static uint64_t lp_spin_while_equal(atomic_ullong *word, uint64_t seen, int64_t ns) {
+static uint64_t lp_spin_while_equal(lp_atomic_u64 *word, uint64_t seen, int64_t ns) {
     int64_t deadline = 0;
     for (unsigned i = 1;; i++) {
         uint64_t v = atomic_load_explicit(word, memory_order_acquire);
