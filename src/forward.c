@@ -487,25 +487,18 @@ typedef struct {
     lp_attn_args a;
     float *scratch; /* (n_threads, scratch_ld) */
     size_t scratch_ld;
-    float *task_y;  /* (n_threads, task_y_ld) a decode step's heads, per thread */
+    float *task_y;  /* (n_threads, task_y_ld) a decode step's heads, per thread, or NULL */
     size_t task_y_ld;
 } lp_attn_job;
 
+/* Head h into a.out, or with task_y set (a decode step's attention, T = 1,
+ * no pattern wanted, run as a redoable pool job like its matmuls) into the
+ * thread's row of task_y, which lp_attn_commit copies out. */
 static void lp_attn_task(void *ctx, int h, int thread) {
-    lp_attn_job *j = ctx;
-    lp_attn_args a = j->a;
-    a.scratch = j->scratch + (size_t)thread * j->scratch_ld;
-    lp_kern()->attention(&a, h, h + 1);
-}
-
-/* A decode step's attention (T = 1, no pattern wanted) as a redoable pool
- * job, like its matmuls: head h into the thread's row of task_y, then
- * copied out. */
-static void lp_attn_compute(void *ctx, int h, int thread) {
     const lp_attn_job *j = ctx;
     lp_attn_args a = j->a;
     a.scratch = j->scratch + (size_t)thread * j->scratch_ld;
-    a.out = j->task_y + (size_t)thread * j->task_y_ld;
+    if (j->task_y) a.out = j->task_y + (size_t)thread * j->task_y_ld;
     lp_kern()->attention(&a, h, h + 1);
 }
 
@@ -616,7 +609,7 @@ static int lp_attention_forward(loupe_session *s, int l, int T) {
     if (T == 1 && !want_pattern && attn_threads > 1 && s->task_y) {
         j.task_y = s->task_y;
         j.task_y_ld = s->task_y_ld;
-        lp_pool_run_redo(s->pool, hp->n_heads, lp_attn_compute, lp_attn_commit, &j, sizeof j);
+        lp_pool_run_redo(s->pool, hp->n_heads, lp_attn_task, lp_attn_commit, &j, sizeof j);
     } else {
         lp_run_tasks(s, attn_threads, hp->n_heads, lp_attn_task, &j);
     }

@@ -57,8 +57,8 @@ struct loupe_session {
     uint16_t *xb16;  /* (T, n) */
     float *attn_scratch; /* (n_threads, attn_scratch_ld), 64-byte aligned */
     size_t attn_scratch_ld; /* lp_attn_scratch_floats(n_ctx, head_dim), a multiple of 16 */
-    float *task_y;  /* (n_threads, task_y_ld) each thread's rows of a decode matmul
-                       (forward.c, lp_matmul_compute); NULL with one thread */
+    float *task_y;  /* (n_threads, task_y_ld) each thread's rows of a decode matmul or
+                       attention (forward.c, redoable jobs); NULL with one thread */
     size_t task_y_ld; /* widest matmul output (vocabulary, ffn), a multiple of 16 */
     float *logits;  /* (n_vocab) last position */
     /* hooks */

@@ -206,11 +206,11 @@ static void lp_keep_off_caller(lp_pool *p, lp_placement *pl) {
 /* Writes job into the slot as generation ++p->gen and wakes the workers. */
 static void lp_publish(lp_pool *p, const lp_job *job) {
     const uint64_t gen = ++p->gen;
+    const size_t n_words = LP_HEAD_WORDS + (job->ctx_size + 7) / 8;
     uint64_t w[LP_SLOT_WORDS];
-    memset(w, 0, sizeof w);
+    memset(w, 0, n_words * sizeof *w); /* padding, and the context's last word */
     memcpy(w, job, sizeof *job);
     if (job->ctx_size) memcpy(w + LP_HEAD_WORDS, job->ctx, job->ctx_size);
-    const size_t n_words = LP_HEAD_WORDS + (job->ctx_size + 7) / 8;
     atomic_store_explicit(&p->seq, 2 * gen - 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     for (size_t i = 0; i < n_words; i++) atomic_store_explicit(&p->slot[i], w[i], memory_order_relaxed);
@@ -429,7 +429,7 @@ static void lp_pool_observe(lp_pool *p, int n_tasks, int64_t job_ns, int64_t own
                             int64_t t_end) {
     const int64_t solo = k ? own_ns * n_tasks / k : job_ns * n_tasks; /* none run: no evidence */
     p->window_job_ns += job_ns;
-    p->window_solo_ns += solo < job_ns * n_tasks ? solo : job_ns * n_tasks;
+    p->window_solo_ns += solo;
     if (p->window_job_ns < LP_WINDOW_NS) return;
     const int slow = 10 * p->window_solo_ns < 9 * p->window_job_ns;
     p->slow_windows = slow ? p->slow_windows + 1 : 0;

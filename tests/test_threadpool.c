@@ -185,12 +185,30 @@ static void run_redo_job(lp_pool *p, int n, int job, int task_us, size_t ctx_siz
     memset(&c, 0xA5, sizeof c); /* what a worker still holding this frame would see */
 }
 
+/* The memory redoable test jobs write; it outlives their pools. */
+typedef struct {
+    float *priv, *out;
+    atomic_int *commits;
+} redo_bufs;
+
+static redo_bufs redo_bufs_new(void) {
+    redo_bufs b = {calloc(REDO_MAX_THREADS * REDO_MAX_TASKS, sizeof(float)),
+                   calloc(REDO_MAX_TASKS, sizeof(float)), calloc(REDO_MAX_TASKS, sizeof(atomic_int))};
+    assert_true(b.priv && b.out && b.commits);
+    return b;
+}
+
+static void redo_bufs_free(redo_bufs *b) {
+    free(b->priv);
+    free(b->out);
+    free(b->commits);
+}
+
 static void test_redo_every_task_once(void **state) {
     (void)state;
-    float *priv = calloc(REDO_MAX_THREADS * REDO_MAX_TASKS, sizeof(float));
-    float *out = calloc(REDO_MAX_TASKS, sizeof(float));
-    atomic_int *commits = calloc(REDO_MAX_TASKS, sizeof(atomic_int));
-    assert_true(priv && out && commits);
+    redo_bufs rb = redo_bufs_new();
+    float *priv = rb.priv, *out = rb.out;
+    atomic_int *commits = rb.commits;
     /* 300 tasks with 2 threads: more than the pool tracks (run without
      * redoing); a context over LP_POOL_CTX_MAX likewise */
     static const int tasks[] = {1, 2, 3, 7, 64, 97, REDO_MAX_TASKS};
@@ -206,9 +224,7 @@ static void test_redo_every_task_once(void **state) {
         lp_pool_free(p);
     }
     assert_int_equal(atomic_load(&bad_copies), 0);
-    free(priv);
-    free(out);
-    free(commits);
+    redo_bufs_free(&rb);
 }
 
 /* Workers stall 1 ms before each task they take: the caller redoes those
@@ -217,10 +233,9 @@ static void test_redo_every_task_once(void **state) {
  * frame is gone) change nothing, and the pool does not go solo. */
 static void test_redo_late_worker(void **state) {
     (void)state;
-    float *priv = calloc(REDO_MAX_THREADS * REDO_MAX_TASKS, sizeof(float));
-    float *out = calloc(REDO_MAX_TASKS, sizeof(float));
-    atomic_int *commits = calloc(REDO_MAX_TASKS, sizeof(atomic_int));
-    assert_true(priv && out && commits);
+    redo_bufs rb = redo_bufs_new();
+    float *priv = rb.priv, *out = rb.out;
+    atomic_int *commits = rb.commits;
     for (int threads = 2; threads <= REDO_MAX_THREADS; threads++) {
         lp_pool *p = lp_pool_new(threads);
         assert_non_null(p);
@@ -237,9 +252,7 @@ static void test_redo_late_worker(void **state) {
         lp_pool_free(p);
     }
     assert_int_equal(atomic_load(&bad_copies), 0);
-    free(priv);
-    free(out);
-    free(commits);
+    redo_bufs_free(&rb);
 }
 
 /* ------------------------------------------------------------ decode */
